@@ -1,0 +1,35 @@
+"""axbench-hypersteer: HyperSteer steering hypernetworks for the AxBench benchmark."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="axbench-hypersteer",
+    version="0.1.0",
+    description="Train and evaluate HyperSteer steering hypernetworks inside AxBench, or on their own.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["axbench_hypersteer", "axbench_hypersteer.*"]),
+    package_data={"axbench_hypersteer": ["resources/*.json", "resources/*.yaml", "resources/*.txt"]},
+    install_requires=[
+        # Ranges here, exact pins in constraints.txt (what CI tests). torch is never left free:
+        # an unconstrained resolve pulls multi-GB CUDA wheels.
+        "torch>=2.4,<2.15",
+        "transformers>=4.45,<6",
+        "pyvene>=0.1.6",
+        "safetensors>=0.4",
+        "tokenizers>=0.20",
+        "openai>=1.52",
+        "pyyaml>=6",
+        "pandas>=2.0",
+        "pyarrow>=15",
+        "numpy>=1.26",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        # AxBench is not on PyPI; see README ("Using AxBench's own scripts") for the install line.
+    },
+    entry_points={"console_scripts": ["hypersteer=axbench_hypersteer.cli:main"]},
+)
