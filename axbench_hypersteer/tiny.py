@@ -88,8 +88,13 @@ def build_tiny_tokenizer(vocab_size: int = 2048, extra_texts: list[str] | None =
 
 
 def tiny_gemma2_config(vocab_size: int, hidden_size: int = 64, num_layers: int = 4,
-                       num_heads: int = 4, intermediate_size: int | None = None):
-    """A Gemma-2 config small enough for CPU tests, with eager attention (soft-capping)."""
+                       num_heads: int = 4, intermediate_size: int | None = None,
+                       initializer_range: float = 0.02):
+    """A Gemma-2 config small enough for CPU tests, with eager attention (soft-capping).
+
+    ``initializer_range`` is the std of the random weights; the default (Gemma's 0.02) gives
+    near-uniform next-token logits at hidden size 64, a larger one (e.g. 0.2) gives a random model
+    whose logits a steering vector can move far enough for a training loss to fall visibly."""
     from transformers import Gemma2Config
 
     head_dim = hidden_size // num_heads
@@ -107,17 +112,20 @@ def tiny_gemma2_config(vocab_size: int, hidden_size: int = 64, num_layers: int =
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=2,
+        initializer_range=initializer_range,
     )
     cfg._attn_implementation = "eager"
     return cfg
 
 
 def build_tiny_gemma2(tokenizer, hidden_size: int = 64, num_layers: int = 4, num_heads: int = 4,
-                      seed: int = 0, intermediate_size: int | None = None):
+                      seed: int = 0, intermediate_size: int | None = None,
+                      initializer_range: float = 0.02):
     """A randomly initialised Gemma-2 causal LM sized to ``tokenizer`` (fp32, eval mode)."""
     from transformers import Gemma2ForCausalLM
 
-    cfg = tiny_gemma2_config(len(tokenizer), hidden_size, num_layers, num_heads, intermediate_size)
+    cfg = tiny_gemma2_config(len(tokenizer), hidden_size, num_layers, num_heads, intermediate_size,
+                             initializer_range)
     torch.manual_seed(seed)
     model = Gemma2ForCausalLM(cfg)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -145,8 +153,13 @@ def load_base(model_name: str, dtype: torch.dtype = torch.float32, device: str |
         model = build_tiny_gemma2(tokenizer)
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_name)
+        import transformers
+
+        # `dtype` replaced `torch_dtype` in transformers 4.56; 4.45 (AxBench's pin) knows only the latter.
+        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+        key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
         model = AutoModelForCausalLM.from_pretrained(
-            model_name, torch_dtype=dtype, attn_implementation="eager"
+            model_name, attn_implementation="eager", **{key: dtype}
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

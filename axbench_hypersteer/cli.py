@@ -1,0 +1,67 @@
+"""The ``hypersteer`` command: thin dispatch to each stage's ``main``.
+
+    hypersteer demo       train → sweep → judge → report on the built-in tiny model and data
+    hypersteer split      held-in / held-out training data
+    hypersteer train      one hypernetwork over all concepts
+    hypersteer inference  steering-factor sweep → inference/steering_data.parquet
+    hypersteer evaluate   LLM judge → evaluate/{mode}.jsonl
+    hypersteer report     best factor on `steering`, score on `steering_test`, tables and plots
+
+Errors a user can fix (bad config, bad data, missing checkpoint, judge unreachable) are printed
+as one line naming the file or key, with exit status 2, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+COMMANDS = {
+    "demo": "axbench_hypersteer.demo",
+    "split": "axbench_hypersteer.splits",
+    "train": "axbench_hypersteer.train_stage",
+    "inference": "axbench_hypersteer.inference_stage",
+    "evaluate": "axbench_hypersteer.evaluate",
+    "report": "axbench_hypersteer.report",
+}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .data import DataError
+    from .fileio import UnsafeFileError
+
+    errors: list[type[BaseException]] = [ConfigError, DataError, UnsafeFileError,
+                                         FileNotFoundError]
+    try:
+        from .judge.client import JudgeUnavailableError
+        errors.append(JudgeUnavailableError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.split("\n\n")[1])
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"hypersteer: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    logging.basicConfig(level=os.environ.get("HYPERSTEER_LOG", "INFO"),
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one line per judge request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    module = importlib.import_module(COMMANDS[argv[0]])
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except user_errors() as err:
+        print(f"hypersteer {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""AxBench training data for HyperSteer: load, validate, tokenise.
+
+HyperSteer trains ONE hypernetwork over every concept, on positives only, with batches that mix
+concepts. The steering prompt of a row is its concept's text in ``metadata.jsonl`` (what AxBench's
+inference feeds the hypernetwork), so the training text must be the same string; we check that
+each row's ``output_concept`` agrees with it instead of trusting either silently.
+
+Bad input stops with a one-line :class:`DataError` naming the file and the column or value: a
+corrupt row found here costs seconds, the same row found by a KeyError deep inside a training
+step costs a GPU job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+METADATA_FIELDS = ("concept_id", "concept", "ref", "concept_genres_map")
+TRAIN_COLUMNS = ("input", "output", "output_concept", "category", "concept_id")
+FRAME_COLUMNS = ("concept_id", "concept", "input", "output")
+NEGATIVE_ID = -1  # AxBench's shared negative pool (output_concept "EEEEE")
+IGNORE_INDEX = -100  # torch cross-entropy's default ignore_index
+
+
+class DataError(ValueError):
+    """Training data or metadata is missing, malformed or inconsistent."""
+
+
+def normalise_concept(text: str) -> str:
+    """Casefold, collapse whitespace and strip: concept strings are compared this way because the
+    same concept reaches us re-typed (YAML, CLI, another dump) with different case or spacing."""
+    return re.sub(r"\s+", " ", str(text)).strip().casefold()
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def generate_dir(data_dir: str | Path) -> Path:
+    """The AxBench ``generate/`` directory, given either a dump directory or ``generate/`` itself."""
+    data_dir = Path(data_dir)
+    if (data_dir / "generate").is_dir():
+        return data_dir / "generate"
+    if data_dir.is_dir():
+        return data_dir
+    raise DataError(f"{data_dir}: data directory not found")
+
+
+def train_parquet_files(gen_dir: str | Path) -> list[Path]:
+    """``train_data.parquet`` then ``train_data_<k>.parquet`` shards in k order: AxBench's
+    generator rotates to a new file every 500 concepts and keeps the negatives in the first."""
+    gen_dir = Path(gen_dir)
+
+    def key(path: Path) -> tuple[int, str]:
+        suffix = path.stem[len("train_data_"):]
+        return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
+
+    files = [gen_dir / "train_data.parquet"] if (gen_dir / "train_data.parquet").is_file() else []
+    files += sorted(gen_dir.glob("train_data_*.parquet"), key=key)
+    if not files:
+        raise DataError(f"{gen_dir}: no train_data.parquet or train_data_*.parquet found")
+    return files
+
+
+def read_parquet(path: Path, columns: Sequence[str] = TRAIN_COLUMNS) -> pd.DataFrame:
+    """Read one parquet file and check that ``columns`` exist, naming the file on failure."""
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several unrelated types for corrupt files
+        raise DataError(f"{path}: cannot read parquet ({type(err).__name__}: {err})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    if "concept_id" in columns:
+        ids = pd.to_numeric(frame["concept_id"], errors="coerce")
+        bad = ids.isna() | (ids != ids.round())
+        if bad.any():
+            row = bad.idxmax()
+            raise DataError(f"{path}: column 'concept_id' row {row}: expected an integer id, "
+                            f"got {frame.at[row, 'concept_id']!r}")
+        frame["concept_id"] = ids.astype("int64")
+    return frame
+
+
+def load_metadata(path: str | Path, required: Sequence[str] = METADATA_FIELDS) -> list[dict]:
+    """Read AxBench's ``metadata.jsonl``: one JSON object per line, in concept order.
+
+    Duplicate concept ids are refused because rows are joined to metadata by id; a duplicate
+    would make the steering prompt of those rows depend on which line wins.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: metadata file not found")
+    entries: list[dict] = []
+    first_line: dict[int, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            if not isinstance(entry, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got "
+                                f"{type(entry).__name__}")
+            missing = [k for k in required if k not in entry]
+            if missing:
+                raise DataError(f"{path}:{lineno}: missing field(s) {missing}")
+            if "concept_id" in entry:
+                cid = entry["concept_id"]
+                if isinstance(cid, bool) or not isinstance(cid, int):
+                    raise DataError(f"{path}:{lineno}: concept_id must be an integer, got {cid!r}")
+                if cid in first_line:
+                    raise DataError(f"{path}:{lineno}: duplicate concept_id {cid} "
+                                    f"(first on line {first_line[cid]})")
+                first_line[cid] = lineno
+            if "concept" in entry and (not isinstance(entry["concept"], str)
+                                       or not entry["concept"].strip()):
+                raise DataError(f"{path}:{lineno}: concept must be a non-empty string, "
+                                f"got {entry['concept']!r}")
+            entries.append(entry)
+    if not entries:
+        raise DataError(f"{path}: metadata file is empty")
+    return entries
+
+
+# ---------------------------------------------------------------------------------- frame
+
+
+def _check_text(frame: pd.DataFrame, path: Path, column: str) -> None:
+    ok = frame[column].map(lambda v: isinstance(v, str) and v.strip() != "")
+    if not ok.all():
+        row = ok.index[~ok.to_numpy()][0]
+        raise DataError(f"{path}: column {column!r} row {row}: expected non-empty text, "
+                        f"got {frame.at[row, column]!r}")
+
+
+def _positives(path: Path, meta_path: Path, concepts: dict[int, str]) -> pd.DataFrame:
+    """Positive rows of one parquet file, validated, with the metadata concept attached."""
+    frame = read_parquet(path)
+    keep = (frame["concept_id"] != NEGATIVE_ID) & (frame["category"] == "positive")
+    frame = frame[keep]
+    unknown = sorted(set(frame["concept_id"]) - set(concepts))
+    if unknown:
+        raise DataError(f"{path}: concept_id {unknown[0]} is not in {meta_path}"
+                        + (f" ({len(unknown)} unknown ids)" if len(unknown) > 1 else ""))
+    _check_text(frame, path, "input")
+    _check_text(frame, path, "output")
+    concept = frame["concept_id"].map(concepts)
+    same = [normalise_concept(a) == normalise_concept(b)
+            for a, b in zip(frame["output_concept"], concept)]
+    if not all(same):
+        row = frame.index[same.index(False)]
+        raise DataError(
+            f"{path}: row {row}: output_concept {frame.at[row, 'output_concept']!r} does not "
+            f"match concept {concepts[frame.at[row, 'concept_id']]!r} of concept_id "
+            f"{frame.at[row, 'concept_id']} in {meta_path}")
+    return pd.DataFrame({"concept_id": frame["concept_id"], "concept": concept,
+                         "input": frame["input"], "output": frame["output"]})
+
+
+def load_train_frame(data_dir: str | Path, max_concepts: int | None = None,
+                     max_num_of_examples: int | None = None,
+                     concept_ids: Iterable[int] | None = None,
+                     seed: int | None = 42) -> pd.DataFrame:
+    """All positive training examples of an AxBench dump, one row per example.
+
+    Returns columns ``concept_id, concept, input, output`` where ``concept`` is the steering
+    prompt (metadata text) and ``input`` the raw instruction (no chat template). Filters apply in
+    this order: ``concept_ids``; ``max_concepts`` (lowest ids, AxBench's order; the public code
+    ignored it); ``max_num_of_examples`` (first n rows per concept in file order). ``seed``
+    shuffles the result across concepts; ``None`` keeps file order.
+    """
+    for name, value in (("max_concepts", max_concepts),
+                        ("max_num_of_examples", max_num_of_examples)):
+        if value is not None and value < 1:
+            raise DataError(f"{name} must be >= 1 or None, got {value}")
+    gen_dir = generate_dir(data_dir)
+    meta_path = gen_dir / "metadata.jsonl"
+    concepts = {e["concept_id"]: e["concept"] for e in load_metadata(meta_path)}
+    files = train_parquet_files(gen_dir)
+    frame = pd.concat([_positives(p, meta_path, concepts) for p in files], ignore_index=True)
+    names = ", ".join(p.name for p in files)
+    if frame.empty:
+        raise DataError(f"{gen_dir}: no positive rows in {names} after dropping negatives "
+                        "(category == 'negative' or concept_id == -1)")
+    if concept_ids is not None:
+        wanted = sorted({int(c) for c in concept_ids})
+        absent = sorted(set(wanted) - set(frame["concept_id"]))
+        if absent:
+            raise DataError(f"{gen_dir}: concept_ids {absent} have no positive rows in {names}")
+        frame = frame[frame["concept_id"].isin(wanted)]
+        if frame.empty:
+            raise DataError(f"{gen_dir}: the concept_ids filter {wanted} left no rows")
+    if max_concepts is not None:
+        kept = sorted(frame["concept_id"].unique())[:max_concepts]
+        frame = frame[frame["concept_id"].isin(kept)]
+    if max_num_of_examples is not None:
+        frame = frame.groupby("concept_id", sort=False).head(max_num_of_examples)
+    frame = frame.reset_index(drop=True)
+    return frame if seed is None else shuffle_examples(frame, seed)
+
+
+def shuffle_examples(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Shuffle rows of all concepts together (batches then mix concepts, as in HyperSteer);
+    the same seed gives the same order on every machine."""
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+class TrainDataset(Dataset):
+    """Rows of :func:`load_train_frame` as dicts, ready for :class:`SteeringCollator`."""
+
+    def __init__(self, frame: pd.DataFrame):
+        missing = [c for c in FRAME_COLUMNS if c not in frame.columns]
+        if missing:
+            raise DataError(f"training frame: missing column(s) {missing}")
+        self.rows = [
+            {"concept_id": int(r.concept_id), "concept": r.concept, "input": r.input,
+             "output": r.output}
+            for r in frame[list(FRAME_COLUMNS)].itertuples(index=False)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+# ---------------------------------------------------------------------------------- tokens
+
+
+def format_prompt(tokenizer, instruction: str) -> str:
+    """The base model's chat template around one user turn, ending with the generation prompt.
+
+    The leading BOS text is removed because the tokenizer adds BOS itself when tokenising
+    (AxBench's convention); keeping it would give two BOS tokens. A tokenizer without a chat
+    template (a base LM) gets the instruction unchanged, as in AxBench.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return instruction
+    text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}],
+                                         tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos):
+        text = text[len(bos):]
+    return text
+
+
+def steering_prompt_only(concept: str, instruction: str) -> str:
+    """Default hypernetwork text: the steering prompt alone (no-context and cross-attn variants)."""
+    return concept
+
+
+class SteeringCollator:
+    """Turns rows ``{concept_id, concept, input, output}`` into one training batch.
+
+    The base sequence is ``tok(format_prompt(input))`` (with BOS) followed by ``tok(output)``
+    (no specials), tokenised apart so the prompt/answer boundary is exact rather than guessed
+    from a re-tokenised concatenation. No EOS is appended: AxBench answers are cut at a length
+    limit, not at a natural end. Padding is done here, not by the tokenizer, so a shared
+    tokenizer's ``padding_side`` (left for generation) cannot change training batches.
+    """
+
+    def __init__(self, tokenizer, max_length: int = 512,
+                 hypernet_text: Callable[[str, str], str] | None = None):
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer has no pad token; set tokenizer.pad_token first")
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.hypernet_text = hypernet_text or steering_prompt_only
+
+    def encode_hypernet(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hypernetwork input ``(ids [B,S], mask [B,S])``, LEFT padded so position -1 is every
+        row's last real token (the readout), and starting with BOS (added if the tokenizer
+        does not add it) so short prompts still have an attention sink."""
+        tok, bos = self.tokenizer, self.tokenizer.bos_token_id
+        encoded = tok(list(texts), add_special_tokens=True)["input_ids"]
+        seqs = []
+        for text, ids in zip(texts, encoded):
+            if bos is not None and (not ids or ids[0] != bos):
+                ids = [bos] + ids
+            if not ids:
+                raise DataError(f"hypernetwork text {text!r} encodes to no tokens")
+            seqs.append(ids[: self.max_length])
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[i, width - len(seq):] = 1
+        return ids, mask
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Returns ``input_ids, attention_mask, labels, context_mask`` [B,T] (right padded),
+        ``hyper_input_ids, hyper_attention_mask`` [B,S] (left padded) and ``concept_ids`` [B].
+
+        ``labels`` are -100 except on answer tokens; ``context_mask`` is True on prompt tokens
+        (BOS and chat template included), the base positions cross-attention may read.
+        """
+        if not rows:
+            raise DataError("cannot collate an empty batch")
+        tok = self.tokenizer
+        prompts = tok([format_prompt(tok, r["input"]) for r in rows],
+                      add_special_tokens=True)["input_ids"]
+        answers = tok([r["output"] for r in rows], add_special_tokens=False)["input_ids"]
+        lengths = []
+        for row, prompt, answer in zip(rows, prompts, answers):
+            if len(prompt) >= self.max_length:
+                raise DataError(
+                    f"prompt of a concept_id {row['concept_id']} example is {len(prompt)} "
+                    f"tokens, >= max_length {self.max_length}: no answer token would be "
+                    f"scored (input starts {row['input'][:60]!r})")
+            lengths.append(min(len(prompt) + len(answer), self.max_length))
+        batch, width = len(rows), max(lengths)
+        input_ids = torch.full((batch, width), tok.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+        context_mask = torch.zeros((batch, width), dtype=torch.bool)
+        for i, (prompt, answer, n) in enumerate(zip(prompts, answers, lengths)):
+            seq = torch.tensor((prompt + answer)[:n], dtype=torch.long)
+            input_ids[i, :n] = seq
+            attention_mask[i, :n] = 1
+            labels[i, len(prompt):n] = seq[len(prompt):]
+            context_mask[i, : len(prompt)] = True
+        hyper_ids, hyper_mask = self.encode_hypernet(
+            [self.hypernet_text(r["concept"], r["input"]) for r in rows])
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "context_mask": context_mask,
+            "hyper_input_ids": hyper_ids,
+            "hyper_attention_mask": hyper_mask,
+            "concept_ids": torch.tensor([int(r["concept_id"]) for r in rows], dtype=torch.long),
+        }

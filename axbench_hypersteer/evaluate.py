@@ -1,0 +1,308 @@
+"""The ``evaluate`` stage: judge steered generations and write AxBench's ``evaluate/`` layout.
+
+Input is ``{dump_dir}/inference/steering_data.parquet``; output is ``evaluate/{mode}.jsonl`` (one
+line per concept, AxBench's metric keys) and ``evaluate/{mode}_data.parquet`` (the rows plus the
+per-row judge columns). Prompts are split by ``input_id`` exactly as AxBench does, so ``steering``
+picks the factor and ``steering_test`` reports it.
+
+Resumable by design: each concept's line is fsynced as soon as the concept is judged, a concept
+whose line is complete (no failed judgement) is skipped on a re-run, and every successful judge
+answer is cached, so a killed or aborted run costs no judge call twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from axbench_hypersteer.config import JudgeConfig
+from axbench_hypersteer.judge.aggregate import (
+    JUDGE_EVALUATOR, PPL_EVALUATOR, RowJudgements, is_complete, lm_judge_metrics,
+    perplexity_metrics)
+from axbench_hypersteer.judge.cache import JudgeCache
+from axbench_hypersteer.judge.client import Judgement, JudgeStats, LLMJudge
+from axbench_hypersteer.judge.prompts import build_prompt, load_templates
+from axbench_hypersteer.judge.records import (
+    append_record, load_records, rewrite_records, write_data_parquet)
+
+logger = logging.getLogger(__name__)
+
+MODES = ("steering", "steering_test")
+BASE_COLUMNS = ("concept_id", "input_concept", "input_id", "factor", "input", "original_prompt")
+GENERATION_SUFFIX = "_steered_generation"
+# Concepts judged at once: 2 keeps the judge busy across a concept boundary without holding
+# hundreds of thousands of pending requests in memory.
+CONCEPT_WINDOW = 2
+
+
+class EvaluateError(ValueError):
+    """The inference output cannot be evaluated as asked (missing file, column or method)."""
+
+
+class SupportsJudge(Protocol):
+    """What evaluate needs from a judge (an :class:`LLMJudge`, or a test double)."""
+
+    stats: JudgeStats
+
+    async def judge(self, prompt: str) -> Judgement: ...
+
+
+@dataclass
+class EvaluateSummary:
+    mode: str
+    methods: list[str]
+    concepts_total: int
+    concepts_judged: int
+    concepts_skipped: int
+    concepts_unfinished: int
+    judgements: int
+    calls: int
+    cache_hits: int
+    retries: int
+    failed_judgements: int
+    jsonl_path: str
+    parquet_path: str
+
+    def format(self) -> str:
+        return (
+            f"evaluate[{self.mode}] methods={','.join(self.methods)}: "
+            f"{self.concepts_judged} concept(s) judged, {self.concepts_skipped} already done, "
+            f"{self.concepts_unfinished} unfinished of {self.concepts_total}; "
+            f"{self.calls} judge call(s), {self.cache_hits} cache hit(s), {self.retries} "
+            f"retr{'y' if self.retries == 1 else 'ies'}, {self.failed_judgements} failed "
+            f"judgement(s) -> {self.jsonl_path}"
+        )
+
+
+def load_steering_data(
+    path: Path, methods: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """Read inference output and resolve the methods (every ``X`` with ``X_steered_generation``)."""
+    if not path.exists():
+        raise EvaluateError(f"{path}: steering inference output not found (run inference first)")
+    df = pd.read_parquet(path)
+    missing = [c for c in BASE_COLUMNS if c not in df.columns]
+    if missing:
+        raise EvaluateError(f"{path}: missing column(s) {missing}")
+    found = [c[: -len(GENERATION_SUFFIX)] for c in df.columns if c.endswith(GENERATION_SUFFIX)]
+    if methods is None:
+        if not found:
+            raise EvaluateError(f"{path}: no '<Method>{GENERATION_SUFFIX}' column found")
+        return df, found
+    methods = list(methods)
+    for method in methods:
+        if f"{method}{GENERATION_SUFFIX}" not in df.columns:
+            raise EvaluateError(
+                f"{path}: method {method!r} has no column '{method}{GENERATION_SUFFIX}' "
+                f"(methods present: {found})"
+            )
+    return df, methods
+
+
+def split_by_input_id(df: pd.DataFrame, mode: str, split_ratio: float = 0.5) -> pd.DataFrame:
+    """AxBench's held-out factor selection split, per concept: with n prompts, the first
+    ``n - round(n * ratio)`` input ids select the factor (``steering``), the rest are the test split
+    (``steering_test``). Rows come back sorted by (concept_id, input_id, factor)."""
+    if mode not in MODES:
+        raise EvaluateError(f"mode: {mode!r} is not one of {list(MODES)}")
+    if not 0.0 <= split_ratio < 1.0:
+        raise EvaluateError(f"split_ratio: must lie in [0, 1), got {split_ratio}")
+    parts = []
+    for _, group in df.groupby("concept_id", sort=True):
+        n = group["input_id"].nunique()
+        n_steer = n - round(n * split_ratio)
+        keep = group["input_id"] < n_steer if mode == "steering" else group["input_id"] >= n_steer
+        parts.append(group[keep])
+    out = pd.concat(parts) if parts else df.iloc[0:0]
+    out = out.sort_values(["concept_id", "input_id", "factor"], kind="stable")
+    return out.reset_index(drop=True)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+async def _gather_all(awaitables: list) -> list:
+    """Like ``gather`` but lets every call finish before re-raising the first error, so no
+    orphaned request outlives the judge client (and every answer received still gets cached)."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+async def _judge_rows(
+    judge: SupportsJudge, templates: dict[str, str], rows: pd.DataFrame, method: str
+) -> list[RowJudgements]:
+    """Three rubric judgements per row, all issued at once (the judge bounds concurrency)."""
+    calls = []
+    for sentence, concept, instruction in zip(
+        rows[f"{method}{GENERATION_SUFFIX}"].map(_text),
+        rows["input_concept"].map(_text),
+        rows["original_prompt"].map(_text),
+    ):
+        calls += [
+            judge.judge(build_prompt(templates, "concept", sentence=sentence, concept=concept)),
+            judge.judge(build_prompt(templates, "instruction", sentence=sentence,
+                                     instruction=instruction)),
+            judge.judge(build_prompt(templates, "fluency", sentence=sentence)),
+        ]
+    done = await _gather_all(calls)
+    return [RowJudgements(*done[i:i + 3]) for i in range(0, len(done), 3)]
+
+
+async def _judge_concept(
+    judge: SupportsJudge, templates: dict[str, str], rows: pd.DataFrame, methods: list[str],
+    previous: dict | None,
+) -> dict:
+    """One concept's jsonl record; methods not re-judged now keep their previous results."""
+    results: dict[str, dict] = {JUDGE_EVALUATOR: {}, PPL_EVALUATOR: {}}
+    for name, entries in ((previous or {}).get("results") or {}).items():
+        results.setdefault(name, {}).update(entries)
+    judged = await _gather_all([_judge_rows(judge, templates, rows, m) for m in methods])
+    factors = [float(f) for f in rows["factor"]]
+    for method, row_judgements in zip(methods, judged):
+        results[JUDGE_EVALUATOR][method] = lm_judge_metrics(factors, row_judgements)
+        ppl = perplexity_metrics(rows, method)
+        if ppl is not None:
+            results[PPL_EVALUATOR][method] = ppl
+    return {"concept_id": int(rows["concept_id"].iloc[0]), "results": results}
+
+
+def _is_done(record: dict | None, methods: Sequence[str], n_rows: int) -> bool:
+    """A stored concept line counts as done only if every requested method was judged on all
+    ``n_rows`` rows without a failed judgement; anything else is judged (again)."""
+    entries = ((record or {}).get("results") or {}).get(JUDGE_EVALUATOR) or {}
+    return all(is_complete(entries.get(m), n_rows) for m in methods)
+
+
+def _delta(after: JudgeStats, before: JudgeStats) -> JudgeStats:
+    return JudgeStats(**{k: v - getattr(before, k) for k, v in after.as_dict().items()})
+
+
+async def evaluate(
+    dump_dir: str | Path,
+    judge_config: JudgeConfig | None,
+    mode: str,
+    methods: Sequence[str] | None = None,
+    judge: SupportsJudge | None = None,
+    *,
+    split_ratio: float = 0.5,
+    templates_path: str | Path | None = None,
+    cache_path: str | Path | None = None,
+    progress: bool = True,
+) -> EvaluateSummary:
+    """Judge one split of ``{dump_dir}/inference/steering_data.parquet`` and write the evaluate
+    files. ``judge`` (an :class:`LLMJudge`) is built from ``judge_config`` when not given, with its
+    cache at ``cache_path`` (default ``{dump_dir}/evaluate/judge_cache.jsonl``).
+
+    Raises :class:`~axbench_hypersteer.judge.client.JudgeUnavailableError` after saving every
+    finished concept if the judge stops answering altogether.
+    """
+    dump_dir = Path(dump_dir)
+    data_path = dump_dir / "inference" / "steering_data.parquet"
+    df, methods = load_steering_data(data_path, methods)
+    split = split_by_input_id(df, mode, split_ratio)
+    templates = load_templates(templates_path)
+    out_dir = dump_dir / "evaluate"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl_path, parquet_path = out_dir / f"{mode}.jsonl", out_dir / f"{mode}_data.parquet"
+
+    records, dirty = load_records(jsonl_path)
+    groups = {int(c): g for c, g in split.groupby("concept_id", sort=True)}
+    todo = [c for c in groups if not _is_done(records.get(c), methods, len(groups[c]))]
+    previous = {c: records[c] for c in todo if c in records}
+    if dirty:
+        rewrite_records(jsonl_path, records)  # cut a torn line before appending after it
+
+    owned = judge is None
+    if judge is None:
+        cache = JudgeCache(cache_path or out_dir / "judge_cache.jsonl")
+        judge = LLMJudge(judge_config or JudgeConfig(), cache)
+    before = JudgeStats(**judge.stats.as_dict())
+    window = asyncio.Semaphore(CONCEPT_WINDOW)
+    bar = tqdm(total=len(todo), desc=f"evaluate {mode}", unit="concept", disable=not progress)
+
+    async def run_one(concept_id: int) -> None:
+        async with window:
+            record = await _judge_concept(
+                judge, templates, groups[concept_id], methods, previous.get(concept_id)
+            )
+        append_record(jsonl_path, record)
+        records[concept_id] = record
+        bar.update(1)
+        bar.set_postfix(calls=judge.stats.calls, failed=judge.stats.failures)
+
+    try:
+        outcomes = await asyncio.gather(*(run_one(c) for c in todo), return_exceptions=True)
+    finally:
+        bar.close()
+        if owned and isinstance(judge, LLMJudge):
+            await judge.aclose()
+    if previous:
+        rewrite_records(jsonl_path, records)  # one line per concept again (the newest wins)
+    write_data_parquet(parquet_path, split, records, methods)
+    stats = _delta(judge.stats, before)
+    summary = EvaluateSummary(
+        mode=mode, methods=list(methods), concepts_total=len(groups),
+        concepts_judged=sum(o is None for o in outcomes),
+        concepts_skipped=len(groups) - len(todo),
+        concepts_unfinished=sum(o is not None for o in outcomes),
+        judgements=stats.judgements, calls=stats.calls, cache_hits=stats.cache_hits,
+        retries=stats.retries, failed_judgements=stats.failures,
+        jsonl_path=str(jsonl_path), parquet_path=str(parquet_path),
+    )
+    logger.info("%s", summary.format())
+    if progress:
+        print(summary.format())
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    if errors:
+        raise errors[0]
+    return summary
+
+
+def run_evaluate(*args: Any, **kwargs: Any) -> EvaluateSummary:
+    """Synchronous wrapper around :func:`evaluate` (same arguments) for CLIs and scripts."""
+    return asyncio.run(evaluate(*args, **kwargs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hypersteer evaluate``: judge one split. Methods come from ``--method``, else the config's
+    ``evaluate.models``, else every ``*_steered_generation`` column of the inference output."""
+    import argparse
+    import sys
+
+    from axbench_hypersteer.run_config import (
+        canonical_method, is_hypersteer_method, load_run_config)
+
+    parser = argparse.ArgumentParser(prog="hypersteer evaluate",
+                                     description="LLM judge -> evaluate/{mode}.jsonl")
+    parser.add_argument("--dump_dir", required=True)
+    parser.add_argument("--config", default=None,
+                        help="run YAML (judge settings, split ratio, evaluate.models)")
+    parser.add_argument("--mode", default="steering", choices=list(MODES))
+    parser.add_argument("--method", action="append", default=None,
+                        help="method(s) to judge (repeatable)")
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    judge_config, split_ratio, methods = JudgeConfig(), 0.5, args.method
+    if args.config is not None:
+        run = load_run_config(args.config)
+        judge_config, split_ratio = run.judge, run.inference.split_ratio
+        methods = methods or (run.raw.get("evaluate") or {}).get("models")
+    if methods:  # aliases such as hypersteer_xattn name the column HyperSteerXAttn_*
+        methods = [canonical_method(m) if is_hypersteer_method(m) else m for m in methods]
+    try:
+        run_evaluate(args.dump_dir, judge_config, args.mode, methods,
+                     split_ratio=split_ratio, progress=not args.no_progress)
+    except EvaluateError as err:
+        print(f"hypersteer evaluate: error: {err}", file=sys.stderr)
+        return 2
+    return 0

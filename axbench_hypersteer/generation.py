@@ -1,0 +1,85 @@
+"""Batched steered generation over rows that may mix concepts, prompts and factors.
+
+Shared by the standalone inference stage and the AxBench ``predict_steer``: one generate call
+serves many (concept, prompt, factor) rows, because each row carries its own steering prompt and
+factor. Rows are sorted by prompt length inside the call to cut padding, and returned in input
+order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .hypersteer import HyperSteer
+
+
+@dataclass
+class SteerRow:
+    prompt: str            # chat-formatted base prompt, BOS stripped (AxBench's `input` column)
+    raw_prompt: str        # the raw instruction (AxBench's `original_prompt`; in-context text)
+    steering_prompt: str   # the concept description
+    factor: float
+
+
+def _encode_left(tokenizer, texts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=True)
+    finally:
+        tokenizer.padding_side = old
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+@torch.no_grad()
+def generation_perplexity(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                          new_ids: torch.Tensor, pad_id: int) -> list[float]:
+    """Perplexity of each row's generated tokens given its prompt, under the UNSTEERED model
+    (the fluency proxy AxBench's PerplexityEvaluator averages)."""
+    new_mask = (new_ids != pad_id).long()
+    ids = torch.cat([prompt_ids, new_ids], 1)
+    mask = torch.cat([prompt_mask, new_mask], 1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                   use_cache=False).logits[:, prompt_ids.shape[1] - 1:-1].float()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), new_ids, reduction="none")
+    counts = new_mask.sum(-1).clamp(min=1)
+    return torch.exp((nll * new_mask).sum(-1) / counts).tolist()
+
+
+@torch.no_grad()
+def steer_rows(hs: HyperSteer, rows: Sequence[SteerRow], batch_size: int, max_new_tokens: int,
+               temperature: float = 1.0, seed: int = 42,
+               compute_perplexity: bool = True) -> dict[str, list]:
+    """Steered continuations for ``rows``; returns per-row lists ``steered_generation``,
+    ``perplexity`` and ``strength`` (factor × ‖Δ‖, the norm actually added), in row order."""
+    tok = hs.tokenizer
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
+    generations: list[str | None] = [None] * len(rows)
+    perplexities: list[float] = [float("nan")] * len(rows)
+    strengths: list[float] = [float("nan")] * len(rows)
+    sampling = temperature > 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = [rows[i] for i in idx]
+        ids, mask = _encode_left(tok, [r.prompt for r in batch], hs.device)
+        hyper_ids, hyper_mask = hs.encode_hypernet(
+            [hs.hypernet_text(r.steering_prompt, r.raw_prompt) for r in batch])
+        factors = torch.tensor([r.factor for r in batch], dtype=torch.float32, device=hs.device)
+        gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sampling,
+                          pad_token_id=tok.pad_token_id)
+        if sampling:
+            gen_kwargs["temperature"] = temperature
+            torch.manual_seed(seed + start)
+        new, vectors = hs.generate_ids(ids, mask, hyper_ids, hyper_mask, factors,
+                                       return_vectors=True, **gen_kwargs)
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        ppl = (generation_perplexity(hs.base_model, ids, mask, new, tok.pad_token_id)
+               if compute_perplexity else [float("nan")] * len(batch))
+        norms = (factors.abs() * vectors.float().norm(dim=-1)).tolist()
+        for j, i in enumerate(idx):
+            generations[i], perplexities[i], strengths[i] = texts[j], ppl[j], norms[j]
+    return {"steered_generation": generations, "perplexity": perplexities, "strength": strengths}

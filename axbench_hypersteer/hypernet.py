@@ -1,0 +1,255 @@
+"""The HyperSteer hypernetwork: a truncated copy of the base LM that reads a steering prompt and
+emits one steering vector per row.
+
+All three variants share this module. They differ only in what they feed it:
+  * no-context: the steering prompt;
+  * in-context: the steering prompt and the base prompt as one text;
+  * cross-attention: the steering prompt, while every block also cross-attends to the base model's
+    residual stream over the base prompt (``context``).
+
+The decoder blocks are the base model's own HF classes, run by the base model's own ``forward``
+(so masks, RoPE and caches follow whatever transformers version is installed). Cross-attention is
+spliced in with hooks, between self-attention and the MLP as in the reference design: after the
+self-attention residual add, ``h <- h + CrossAttn(h, context)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .config import HyperSteerConfig
+
+
+class RMSNorm(nn.Module):
+    """Plain RMSNorm (weight starts at 1). Kept separate from the base model's norm classes so the
+    cross-attention does not inherit architecture quirks such as Gemma's ``1 + weight``."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32: bf16 sums of squares over thousands of dims lose the scale.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+class CrossAttention(nn.Module):
+    """Queries from the hypernetwork stream, keys/values from the base model's residual stream.
+
+    Both sides are RMS-normalised first: the base residual at layer 20 of Gemma-2 has norms in the
+    hundreds, which would saturate the softmax of a freshly initialised attention.
+    """
+
+    def __init__(self, hidden_size: int, context_size: int, num_heads: int,
+                 initializer_range: float = 0.02, eps: float = 1e-6):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"cross_attention_heads={num_heads} does not divide {hidden_size}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.query_norm = RMSNorm(hidden_size, eps)
+        self.context_norm = RMSNorm(context_size, eps)
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = nn.Linear(context_size, hidden_size, bias=False)
+        self.v_proj = nn.Linear(context_size, hidden_size, bias=False)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+            nn.init.normal_(proj.weight, std=initializer_range)
+        self.last_attention: torch.Tensor | None = None  # [B, H, T, S] when record_attention
+        self.record_attention = False
+
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, d], context [B, S, d_ctx], context_mask [B, S] bool -> [B, T, d]."""
+        bsz, q_len, _ = hidden.shape
+        k_len = context.shape[1]
+        x = self.query_norm(hidden)
+        ctx = self.context_norm(context.to(hidden.dtype))
+        q = self.q_proj(x).view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(ctx).view(bsz, k_len, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(ctx).view(bsz, k_len, self.num_heads, self.head_dim).transpose(1, 2)
+        mask = context_mask[:, None, None, :].to(torch.bool)  # [B, 1, 1, S]
+        if self.record_attention:
+            scores = (q @ k.transpose(-1, -2)) / self.head_dim**0.5
+            probs = scores.masked_fill(~mask, float("-inf")).float().softmax(-1).to(q.dtype)
+            self.last_attention = probs.detach()
+            out = probs @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(bsz, q_len, -1)  # [B, T, d]
+        return self.o_proj(out)
+
+
+def _hidden_from_output(output: Any) -> torch.Tensor:
+    """Decoder layers return a tuple on transformers 4.x and a Tensor on 5.x."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+
+class _CrossAttentionSite:
+    """Splices one CrossAttention into one HF decoder layer, after its self-attention residual add.
+
+    A forward pre-hook on the layer remembers the block input (the residual before self-attention).
+    A forward hook on the module whose output is added to that residual (Gemma-2's
+    ``post_attention_layernorm``, Llama-style ``self_attn``) then returns
+    ``out + xattn(residual + out)``, so the layer computes
+    ``h_mid = residual + out;  h_mid <- h_mid + xattn(h_mid);  h = h_mid + MLP(h_mid)``.
+    """
+
+    def __init__(self, layer: nn.Module, xattn: CrossAttention, owner: "HyperNetwork"):
+        self.xattn = xattn
+        self.owner = owner
+        self.block_input: torch.Tensor | None = None
+        if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma-2/3 sandwich norms
+            site, self.tuple_out = layer.post_attention_layernorm, False
+        elif hasattr(layer, "self_attn"):  # Llama, Mistral, Qwen2, ...
+            site, self.tuple_out = layer.self_attn, True
+        else:
+            raise ValueError(
+                f"{type(layer).__name__} has neither post_attention_layernorm+pre_feedforward_"
+                "layernorm nor self_attn: cannot place cross-attention in this architecture"
+            )
+        layer.register_forward_pre_hook(self._remember_input, with_kwargs=True)
+        site.register_forward_hook(self._add_cross_attention)
+
+    def _remember_input(self, module, args, kwargs):
+        self.block_input = args[0] if args else kwargs["hidden_states"]
+
+    def _add_cross_attention(self, module, args, output):
+        context = self.owner._context
+        if context is None:  # no-context / in-context: the layer runs unchanged
+            return None
+        out = output[0] if self.tuple_out else output
+        h_mid = self.block_input + out
+        out = out + self.xattn(h_mid, *context)
+        return (out,) + tuple(output[1:]) if self.tuple_out else out
+
+
+class HyperNetwork(nn.Module):
+    """Steering prompt (+ optional base context) -> steering vector ``[B, d_base]``."""
+
+    def __init__(self, base_model: nn.Module, config: HyperSteerConfig):
+        super().__init__()
+        base_config = base_model.config
+        config.validate_for(base_config)
+        self.config = config
+        num_blocks = config.resolved_num_blocks(base_config)
+
+        hyper_config = copy.deepcopy(base_config)
+        hyper_config.num_hidden_layers = num_blocks
+        if getattr(hyper_config, "layer_types", None) is not None:
+            hyper_config.layer_types = list(hyper_config.layer_types[:num_blocks])
+        hyper_config.use_cache = False
+        base_inner = base_model.base_model  # e.g. Gemma2Model: embeddings, layers, final norm
+        torch.manual_seed(config.seed)
+        self.body = type(base_inner)(hyper_config)
+        if config.init == "pretrained":
+            state = {
+                k: v for k, v in base_inner.state_dict().items()
+                if not k.startswith("layers.") or int(k.split(".")[1]) < num_blocks
+            }
+            self.body.load_state_dict(state, strict=True)
+
+        width = hyper_config.hidden_size
+        init_range = getattr(base_config, "initializer_range", 0.02)
+        self.cross_attentions = nn.ModuleList()
+        self._sites: list[_CrossAttentionSite] = []
+        if config.variant == "xattn":
+            eps = getattr(base_config, "rms_norm_eps", 1e-6)
+            for layer in self.body.layers:
+                xattn = CrossAttention(width, base_config.hidden_size,
+                                       config.cross_attention_heads, init_range, eps)
+                self.cross_attentions.append(xattn)
+                self._sites.append(_CrossAttentionSite(layer, xattn, self))
+        self.readout = nn.Linear(width, base_config.hidden_size, bias=True)
+        nn.init.normal_(self.readout.weight, std=init_range)
+        nn.init.zeros_(self.readout.bias)
+        self._context: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.to(getattr(torch, config.dtype))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Steering vectors for a batch.
+
+        input_ids, attention_mask: [B, S] hypernetwork tokens (any padding side).
+        context: [B, T, d_base] base residual stream; context_mask: [B, T] bool, True on the base
+        prompt positions the cross-attention may read. Required by (and only used by) xattn.
+        Returns [B, d_base].
+        """
+        if self.config.variant == "xattn":
+            if context is None or context_mask is None:
+                raise ValueError("the cross-attention variant needs context and context_mask")
+            if not bool(context_mask.any(-1).all()):
+                raise ValueError("context_mask: every row needs at least one base prompt token")
+            self._context = (context, context_mask.to(torch.bool))
+        # Positions from the mask, so left-padded rows see the same RoPE phases as unpadded ones.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        restore = self._bind_context_for_recompute()
+        try:
+            hidden = self.body(
+                input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids, use_cache=False,
+            ).last_hidden_state  # [B, S, d], after the final norm
+        finally:
+            self._context = None
+            for module, ckpt in restore:
+                module._gradient_checkpointing_func = ckpt
+        return self.readout(self._pool(hidden, attention_mask))
+
+    def _bind_context_for_recompute(self) -> list[tuple[nn.Module, Any]]:
+        """Gradient checkpointing re-runs the blocks during backward, after ``forward`` has
+        cleared ``_context``: the re-run would skip the cross-attention (torch then fails with a
+        saved-tensor count mismatch). Wrap each checkpointing function so its re-run sees the
+        context of its own forward. Returns (module, original function) pairs to restore."""
+        context = self._context
+        if context is None:
+            return []
+        patched = []
+        for module in self.body.modules():
+            ckpt = module.__dict__.get("_gradient_checkpointing_func")
+            if ckpt is None or not getattr(module, "gradient_checkpointing", False):
+                continue
+
+            def bound(fn, *args, _ckpt=ckpt, **kwargs):
+                def run(*a, **k):
+                    previous, self._context = self._context, context
+                    try:
+                        return fn(*a, **k)
+                    finally:
+                        self._context = previous
+                return _ckpt(run, *args, **kwargs)
+
+            module._gradient_checkpointing_func = bound
+            patched.append((module, ckpt))
+        return patched
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, S, d] -> [B, d]: the last non-pad token, or the masked mean."""
+        mask = attention_mask.to(torch.bool)
+        if self.config.readout == "mean":
+            weights = mask.to(hidden.dtype).unsqueeze(-1)
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask, positions, -1).max(-1).values  # [B]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def cross_attention_maps(self) -> list[torch.Tensor | None]:
+        """Attention probabilities [B, H, T, S] of each block from the last forward (when recorded)."""
+        return [x.last_attention for x in self.cross_attentions]
+
+    def record_cross_attention(self, enabled: bool = True) -> None:
+        for x in self.cross_attentions:
+            x.record_attention = enabled
+            x.last_attention = None

@@ -1,0 +1,190 @@
+"""``hypersteer inference``: the steering-factor sweep, written as AxBench's steering_data.parquet.
+
+For each concept, N evaluation prompts are drawn (seeded by the concept id, as AxBench does),
+crossed with every factor, and generated with every HyperSteer method, many concepts per generate
+call. Prompts ``0..k-1`` form the ``steering`` split (factor selection), the rest ``steering_test``.
+Each finished concept is written to ``inference/parts/<mode>/concept_<id>.parquet`` before the
+next starts, and the merged ``inference/steering_data.parquet`` is rewritten atomically, so a
+killed run resumes with only the missing concepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import InferenceConfig
+from .data import DataError, format_prompt, load_metadata
+from .fileio import atomic_write
+from .generation import SteerRow, steer_rows
+from .hypersteer import HyperSteer
+from .run_config import RunConfig, canonical_method, is_hypersteer_method, load_run_config
+from .tiny import load_base
+from .train_stage import method_dir
+
+logger = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).parent / "resources"
+BASE_COLUMNS = ("dataset_name", "concept_id", "input_concept", "input_id", "factor",
+                "original_prompt", "steered_input", "input")
+CONCEPTS_PER_CALL = 8  # concepts whose rows share generate calls
+
+
+def load_prompts(path: str | None) -> tuple[str, list[str]]:
+    """Instructions from an AlpacaEval-format JSON list, or the built-in demo prompts."""
+    source = Path(path) if path else RESOURCES / "demo_prompts.json"
+    name = "AlpacaEval" if path else "DemoPrompts"
+    try:
+        items = json.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{source}: prompts file not found") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{source}: not valid JSON ({err})") from None
+    if not isinstance(items, list) or not items:
+        raise DataError(f"{source}: expected a non-empty JSON list of {{'instruction': ...}}")
+    prompts = []
+    for i, item in enumerate(items):
+        text = item.get("instruction") if isinstance(item, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{source}: item {i} has no non-empty 'instruction' string")
+        prompts.append(text)
+    return name, prompts
+
+
+def split_ids(n: int, split_ratio: float, mode: str) -> range:
+    """AxBench's split by input_id: the first n - round(n·ratio) prompts pick the factor."""
+    n_steer = n - round(n * split_ratio)
+    if mode == "steering":
+        return range(0, n_steer)
+    if mode == "steering_test":
+        return range(n_steer, n)
+    raise ValueError(f"mode must be 'steering' or 'steering_test', got {mode!r}")
+
+
+def concept_rows(concept: dict, prompts: list[str], dataset: str, cfg: InferenceConfig,
+                 mode: str, tokenizer) -> pd.DataFrame:
+    """The (prompt × factor) rows of one concept for one split, in AxBench's columns."""
+    n = cfg.steering_num_of_examples
+    if n > len(prompts):
+        raise DataError(f"steering_num_of_examples={n} but only {len(prompts)} prompts exist")
+    chosen = random.Random(int(concept["concept_id"])).sample(prompts, n)
+    records = []
+    for input_id in split_ids(n, cfg.split_ratio, mode):
+        formatted = format_prompt(tokenizer, chosen[input_id])
+        for factor in cfg.steering_factors:
+            records.append({
+                "dataset_name": dataset, "concept_id": int(concept["concept_id"]),
+                "input_concept": concept["concept"], "input_id": input_id,
+                "factor": float(factor), "original_prompt": chosen[input_id],
+                "steered_input": formatted, "input": formatted,
+            })
+    return pd.DataFrame.from_records(records, columns=list(BASE_COLUMNS))
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write(path, lambda p: frame.to_parquet(p, index=False))
+
+
+def merge_parts(dump_dir: Path) -> Path:
+    """Rebuild ``inference/steering_data.parquet`` from every finished concept part."""
+    parts = sorted((dump_dir / "inference" / "parts").glob("*/concept_*.parquet"))
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    frame = frame.sort_values(["concept_id", "input_id", "factor"], kind="stable")
+    out = dump_dir / "inference" / "steering_data.parquet"
+    _write_parquet(out, frame.reset_index(drop=True))
+    return out
+
+
+def resolve_concepts(dump_dir: Path, concepts_path: str | None) -> list[dict]:
+    """Concepts to steer: an explicit metadata.jsonl, else the dump's generate/ or train/ one."""
+    candidates = [Path(concepts_path)] if concepts_path else [
+        dump_dir / "generate" / "metadata.jsonl", dump_dir / "train" / "metadata.jsonl"]
+    for path in candidates:
+        if path.exists() or concepts_path:
+            return load_metadata(path)
+    raise DataError(f"{dump_dir}: no concepts to steer (looked for "
+                    f"{', '.join(map(str, candidates))}); pass --concepts")
+
+
+def inference_methods(run: RunConfig, methods: Sequence[str] | None) -> list[str]:
+    names = methods or [m for m in (run.raw.get("inference") or {}).get("models") or []
+                        if is_hypersteer_method(m)] or list(run.methods)
+    return [run.method(m).name for m in names]
+
+
+def load_method(dump_dir: Path, method: str, base) -> HyperSteer:
+    model, tokenizer = base
+    hs = HyperSteer.from_pretrained(method_dir(dump_dir, method), model, tokenizer)
+    hs.hypernet.eval()
+    return hs
+
+
+def run_inference(config_path: str | Path, dump_dir: str | Path, mode: str = "steering",
+                  methods: Sequence[str] | None = None, concepts_path: str | None = None,
+                  base=None, progress: bool = True) -> Path:
+    dump_dir = Path(dump_dir)
+    run = load_run_config(config_path)
+    cfg = run.inference
+    names = inference_methods(run, methods)
+    dataset, prompts = load_prompts(cfg.prompts_path)
+    concepts = resolve_concepts(dump_dir, concepts_path)
+    if base is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if run.use_bf16 and device == "cuda" else torch.float32
+        base = load_base(run.model_name, dtype=dtype, device=device)
+    models = {name: load_method(dump_dir, name, base) for name in names}
+    parts_dir = dump_dir / "inference" / "parts" / mode
+    todo = []
+    for concept in concepts:
+        part = parts_dir / f"concept_{int(concept['concept_id'])}.parquet"
+        if part.exists():
+            have = set(pd.read_parquet(part, columns=None).columns)
+            if all(f"{n}_steered_generation" in have for n in names):
+                continue
+        todo.append(concept)
+    logger.info("%s: %d of %d concepts to generate (%s)", mode, len(todo), len(concepts), names)
+    bar = tqdm(total=len(todo), desc=f"inference {mode}", disable=not progress)
+    for start in range(0, len(todo), CONCEPTS_PER_CALL):
+        chunk = todo[start:start + CONCEPTS_PER_CALL]
+        frames = [concept_rows(c, prompts, dataset, cfg, mode, base[1]) for c in chunk]
+        rows_frame = pd.concat(frames, ignore_index=True)
+        for name, hs in models.items():
+            rows = [SteerRow(r.input, r.original_prompt, r.input_concept, r.factor)
+                    for r in rows_frame.itertuples(index=False)]
+            outputs = steer_rows(hs, rows, cfg.steering_batch_size, cfg.steering_output_length,
+                                 cfg.temperature, seed=cfg.seed)
+            for key, values in outputs.items():
+                rows_frame[f"{name}_{key}"] = values
+        for concept in chunk:
+            cid = int(concept["concept_id"])
+            _write_parquet(parts_dir / f"concept_{cid}.parquet",
+                           rows_frame[rows_frame["concept_id"] == cid].reset_index(drop=True))
+        merge_parts(dump_dir)
+        bar.update(len(chunk))
+    bar.close()
+    return merge_parts(dump_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hypersteer inference",
+                                     description="steering-factor sweep -> steering_data.parquet")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--dump_dir", required=True)
+    parser.add_argument("--mode", default="steering", choices=["steering", "steering_test"])
+    parser.add_argument("--method", action="append", default=None,
+                        help="method(s) to run (default: inference.models)")
+    parser.add_argument("--concepts", default=None,
+                        help="metadata.jsonl of the concepts to steer (default: the dump's)")
+    args = parser.parse_args(argv)
+    methods = [canonical_method(m) for m in args.method] if args.method else None
+    out = run_inference(args.config, args.dump_dir, args.mode, methods, args.concepts)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,211 @@
+"""The steering intervention: ``h_l <- h_l + factor[i] * delta[i]`` at every position of row i.
+
+Implemented the AxBench way, as a pyvene intervention on ``model.layers[l].output``, which pyvene
+0.1.8 applies to the prompt forward and to every cached decode step when called with
+``unit_locations=None, intervene_on_prompt=True`` (measured: per-row vectors work in ``forward``
+and ``generate``, identical to a plain forward hook). A plain forward hook with the same
+arithmetic is kept as the test oracle and for code that must not depend on pyvene.
+
+Where the vectors come from is a :class:`SteeringSource`. It either holds fixed vectors or
+computes them lazily from the layer-l output it is about to steer: that is how the
+cross-attention variant needs only ONE base pass (the hypernetwork reads the pre-steering
+residual of the very forward it steers), and how ``generate`` computes the vector once at
+prefill and reuses it for every decoded token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+DeltaFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SteeringSource:
+    """Per-call steering state: factors ``[B]`` and vectors ``[B, d]`` (given, or computed from the
+    first layer output seen, i.e. the prompt at prefill, then reused)."""
+
+    def __init__(self, factors: torch.Tensor, delta: torch.Tensor | None = None,
+                 delta_fn: DeltaFn | None = None):
+        if (delta is None) == (delta_fn is None):
+            raise ValueError("give exactly one of delta and delta_fn")
+        self.factors = factors
+        self.delta = delta
+        self.delta_fn = delta_fn
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, S, d] (S = 1 at cached decode steps) -> steered hidden, same shape/dtype."""
+        if self.delta is None:
+            self.delta = self.delta_fn(hidden)
+        if self.delta.shape[0] != hidden.shape[0]:
+            raise ValueError(
+                f"steering vectors have batch {self.delta.shape[0]} but the layer output has "
+                f"batch {hidden.shape[0]} (num_return_sequences/beam search expand the batch: "
+                "repeat the vectors per returned sequence)"
+            )
+        if tuple(self.factors.shape) != (self.delta.shape[0],):
+            raise ValueError(
+                f"factors have shape {tuple(self.factors.shape)} but the steering vectors have "
+                f"batch {self.delta.shape[0]}: give one factor per row"
+            )
+        shift = self.factors.to(self.delta.dtype)[:, None] * self.delta  # [B, d]
+        return hidden + shift.to(hidden.dtype)[:, None, :]
+
+
+def _import_pyvene():
+    # pyvene prints an nnsight notice to stdout on import; keep CLI output clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        import pyvene
+    return pyvene
+
+
+def _intervention_class():
+    pv = _import_pyvene()
+
+    class HyperSteerIntervention(pv.SourcelessIntervention, pv.TrainableIntervention,
+                                 pv.DistributedRepresentationIntervention):
+        """Adds per-row vectors supplied through ``subspaces=[{"steer": SteeringSource}]``."""
+
+        def __init__(self, **kwargs):
+            # keep_last_dim: otherwise pyvene flattens the layer output to [B, S*d].
+            super().__init__(**kwargs, keep_last_dim=True)
+
+        def forward(self, base, source=None, subspaces=None):
+            if not subspaces or "steer" not in subspaces:
+                raise ValueError("HyperSteerIntervention needs subspaces={'steer': SteeringSource}")
+            return subspaces["steer"](base)
+
+    return HyperSteerIntervention
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of an HF causal LM (``model.<prefix>.layers``)."""
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}: expected decoder blocks at model.layers")
+    return layers
+
+
+class Steerer:
+    """Steers a frozen causal LM at decoder block ``layer`` through pyvene.
+
+    Builds the pyvene wrapper once; pyvene registers its hooks per call and removes them after.
+    pyvene also strips hooks it did not register; they are put back after each call (but do not
+    run during a pyvene call: use the "hook" backend to combine steering with other hooks).
+    """
+
+    def __init__(self, model: nn.Module, layer: int, backend: str = "pyvene"):
+        num_layers = len(decoder_layers(model))
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"steering layer {layer} out of range (model has {num_layers} layers)")
+        if backend not in ("pyvene", "hook"):
+            raise ValueError(f"backend must be 'pyvene' or 'hook', got {backend!r}")
+        self.model = model
+        self.layer = layer
+        self.backend = backend
+        self._pv = None
+
+    @property
+    def intervenable(self):
+        if self._pv is None:
+            pv = _import_pyvene()
+            component = f"{self.model.base_model_prefix}.layers[{self.layer}].output"
+            iv = _intervention_class()(embed_dim=self.model.config.hidden_size,
+                                       low_rank_dimension=1)
+            cfg = pv.IntervenableConfig(representations=[{
+                "layer": self.layer, "component": component,
+                "low_rank_dimension": 1, "intervention": iv,
+            }])
+            # pyvene freezes the wrapped model (requires_grad=False, eval()) at construction.
+            self._pv = pv.IntervenableModel(cfg, self.model)
+        return self._pv
+
+    def forward(self, source: SteeringSource, **model_kwargs):
+        """A steered forward pass; returns the HF model output (with ``loss`` when labels given)."""
+        if self.backend == "hook":
+            with steering_hook(self.model, self.layer, source):
+                return self.model(**model_kwargs)
+        with _keep_foreign_hooks(self.model):
+            _, out = self.intervenable(
+                base=model_kwargs, unit_locations=None, subspaces=[{"steer": source}]
+            )
+        return out
+
+    def generate(self, source: SteeringSource, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor, **gen_kwargs) -> torch.Tensor:
+        """Steered ``generate``: the prompt and every generated token are steered."""
+        if self.backend == "hook":
+            with steering_hook(self.model, self.layer, source):
+                return self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                           **gen_kwargs)
+        with _keep_foreign_hooks(self.model):
+            _, out = self.intervenable.generate(
+                {"input_ids": input_ids, "attention_mask": attention_mask},
+                unit_locations=None, intervene_on_prompt=True,
+                subspaces=[{"steer": source}], **gen_kwargs,
+            )
+        return out
+
+
+@contextlib.contextmanager
+def _keep_foreign_hooks(model: nn.Module) -> Iterator[None]:
+    """pyvene 0.1.8 deletes EVERY forward (pre-)hook on the wrapped model before and after each
+    call, not just its own. Put back the hooks that were there before the call (they do not fire
+    during it), so other code's hooks on the base model survive a pyvene-steered call."""
+    saved = [(m, dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()
+             if m._forward_hooks or m._forward_pre_hooks]
+    try:
+        yield
+    finally:
+        for module, hooks, pre_hooks in saved:
+            module._forward_hooks.update(hooks)
+            module._forward_pre_hooks.update(pre_hooks)
+
+
+@contextlib.contextmanager
+def steering_hook(model: nn.Module, layer: int, source: SteeringSource) -> Iterator[None]:
+    """Plain forward-hook steering with the same arithmetic (the oracle for the pyvene path)."""
+
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        steered = source(hidden)
+        return (steered,) + tuple(output[1:]) if isinstance(output, tuple) else steered
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class _StopForward(Exception):
+    pass
+
+
+def residual_after(model: nn.Module, layer: int, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor,
+                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Output of decoder block ``layer`` (pre-steering), running only blocks 0..layer.
+
+    Returns [B, T, d]. The forward is cut short with an exception from a hook, so the later
+    blocks and the LM head never run.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module, args, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"]

@@ -1,0 +1,281 @@
+"""One hypernetwork trained over every concept at once.
+
+The loop is deliberately plain (nanoGPT-style): AdamW on the fp32 hypernetwork parameters (bf16
+autocast on GPU, never AdamW on bf16 weights), linear warmup/decay, clipping, accumulation, a dev
+loss every ``eval_every`` updates, and checkpoints that let ``resume=True`` finish with the same
+weights as a run that was never interrupted (same seed, CPU, fp32): the data order is a function
+of (seed, epoch) and the checkpoint stores the position in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
+
+from .checkpointing import load_latest_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import SteeringCollator, TrainDataset
+from .distributed import DistInfo, all_reduce_mean
+from .fileio import load_tensors
+from .hypersteer import HyperSteer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    dev_losses: list[float] = field(default_factory=list)
+    examples_per_s: float = 0.0
+    resumed_from: str | None = None
+
+    @property
+    def first_loss(self) -> float:
+        return self.losses[0] if self.losses else float("nan")
+
+    @property
+    def last_loss(self) -> float:
+        # Average of the last few updates: a single batch of mixed concepts is noisy.
+        tail = self.losses[-5:]
+        return sum(tail) / len(tail) if tail else float("nan")
+
+
+def reconstruction_loss(delta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(Δ, Δ*) + ||Δ - Δ*||²`` per row ([B, d] each), averaged over the batch."""
+    delta, target = delta.float(), target.float()
+    cos = torch.nn.functional.cosine_similarity(delta, target, dim=-1)
+    return (1.0 - cos + (delta - target).pow(2).sum(-1)).mean()
+
+
+def load_reconstruction_targets(path: str, hidden_size: int) -> torch.Tensor:
+    """A [num_concepts, d] matrix, row i = concept_id i (e.g. AxBench's ``{Name}_weight.pt``)."""
+    tensors = load_tensors(path)
+    if len(tensors) != 1 and "weight" not in tensors:
+        raise ValueError(f"{path}: expected one [num_concepts, d] tensor, found keys "
+                         f"{sorted(tensors)}")
+    matrix = tensors.get("weight", next(iter(tensors.values())))
+    if matrix.dim() != 2 or matrix.shape[1] != hidden_size:
+        raise ValueError(f"{path}: expected shape [num_concepts, {hidden_size}], "
+                         f"got {list(matrix.shape)}")
+    return matrix.float()
+
+
+class _LinearSchedule:
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = warmup, max(total, 1)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+
+class Trainer:
+    def __init__(self, model: HyperSteer, train_frame, cfg: TrainConfig, out_dir: str | Path,
+                 dist_info: DistInfo | None = None, dev_frame=None, heldout_frame=None,
+                 use_bf16: bool = False, progress: bool = True):
+        self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
+        self.dist = dist_info or DistInfo(device=model.device)
+        self.progress = progress
+        self.autocast = use_bf16 and self.dist.device.type == "cuda"
+        hypernet_text = model.hypernet_text if model.config.variant == "incontext" else None
+        self.collate = SteeringCollator(model.tokenizer, cfg.max_length, hypernet_text)
+        self.train_set = TrainDataset(train_frame)
+        self._check_lengths(train_frame)
+        self.dev_sets = {name: TrainDataset(f) for name, f in
+                         (("dev", dev_frame), ("heldout", heldout_frame))
+                         if f is not None and len(f)}
+        self.targets = None
+        if cfg.objective != "lm":
+            self.targets = load_reconstruction_targets(
+                cfg.reconstruction_targets, model.base_model.config.hidden_size
+            ).to(self.dist.device)
+            top = int(train_frame["concept_id"].max())
+            if top >= self.targets.shape[0]:
+                raise ValueError(f"{cfg.reconstruction_targets}: has {self.targets.shape[0]} rows "
+                                 f"but the training data has concept_id {top}")
+        if cfg.gradient_checkpointing:
+            model.hypernet.body.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.params = [p for p in model.hypernet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size,
+                                          rank=self.dist.rank, shuffle=True, seed=cfg.seed)
+        self.batches_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
+        updates_per_epoch = math.ceil(self.batches_per_epoch / cfg.gradient_accumulation_steps)
+        self.total_updates = cfg.n_epochs * updates_per_epoch
+        if cfg.max_steps:
+            self.total_updates = min(self.total_updates, cfg.max_steps)
+        warmup = int(cfg.warmup_ratio * self.total_updates)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _LinearSchedule(warmup, self.total_updates))
+        self.net = model
+        if self.dist.enabled:
+            self.net = DistributedDataParallel(
+                model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None)
+        self.step, self.epoch, self.next_batch = 0, 0, 0
+
+    def _check_lengths(self, frame) -> None:
+        """Fail before the first step, not at step 10 000, when a prompt leaves no answer token."""
+        from .data import DataError, format_prompt
+
+        tok = self.model.tokenizer
+        prompts = tok([format_prompt(tok, x) for x in frame["input"]],
+                      add_special_tokens=True)["input_ids"]
+        too_long = [i for i, p in enumerate(prompts) if len(p) >= self.cfg.max_length]
+        if too_long:
+            longest = max(len(prompts[i]) for i in too_long)
+            raise DataError(
+                f"{len(too_long)} training prompt(s) are >= max_length={self.cfg.max_length} "
+                f"tokens (longest {longest}): raise max_length in the method's config")
+
+    # ----- losses ------------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            if cfg.objective == "reconstruction":
+                delta = self.model.compute_vectors(
+                    batch["hyper_input_ids"], batch["hyper_attention_mask"],
+                    batch["input_ids"], batch["attention_mask"], batch["context_mask"])
+                lm = None
+            else:
+                out = self.net(batch["input_ids"], batch["attention_mask"],
+                               batch["hyper_input_ids"], batch["hyper_attention_mask"],
+                               labels=batch["labels"], context_mask=batch["context_mask"])
+                delta, lm = out.steering_vectors, out.loss
+        parts: dict[str, float] = {}
+        loss = torch.zeros((), device=self.dist.device)
+        if lm is not None:
+            loss = loss + cfg.lm_weight * lm.float()
+            parts["lm_loss"] = lm.item()
+        if self.targets is not None:
+            rec = reconstruction_loss(delta, self.targets[batch["concept_ids"]])
+            loss = loss + cfg.reconstruction_weight * rec
+            parts["reconstruction_loss"] = rec.item()
+        return loss, parts
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss on each dev set (held-in examples; held-out concepts when given)."""
+        self.model.hypernet.eval()
+        results = {}
+        for name, dataset in self.dev_sets.items():
+            total, count = 0.0, 0
+            for start in range(0, len(dataset), self.cfg.batch_size):
+                rows = [dataset[i] for i in range(start, min(len(dataset), start + self.cfg.batch_size))]
+                loss, _ = self._loss(self._to_device(self.collate(rows)))
+                total, count = total + loss.item() * len(rows), count + len(rows)
+            results[f"{name}_loss"] = total / max(count, 1)
+        self.model.hypernet.train()
+        return results
+
+    # ----- state -------------------------------------------------------------------------------
+    def _to_device(self, batch):
+        return {k: v.to(self.dist.device) for k, v in batch.items()}
+
+    def _state(self) -> dict:
+        state = {
+            "step": self.step, "epoch": self.epoch, "next_batch": self.next_batch,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _restore(self) -> str | None:
+        found = load_latest_checkpoint(self.out_dir / "checkpoints")
+        if found is None:
+            return None
+        weights, state, path = found
+        self.model.hypernet.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
+        return str(path)
+
+    def _log(self, record: dict) -> None:
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ----- loop --------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> TrainResult:
+        cfg, accum = self.cfg, self.cfg.gradient_accumulation_steps
+        result = TrainResult(steps=0)
+        if resume:
+            result.resumed_from = self._restore()
+            if result.resumed_from:
+                logger.info("resumed from %s at step %d", result.resumed_from, self.step)
+        self.model.hypernet.train()
+        bar = tqdm(total=self.total_updates, initial=self.step, desc="hypersteer train",
+                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        seen, start_time = 0, time.perf_counter()
+        while self.epoch < cfg.n_epochs and self.step < self.total_updates:
+            self.sampler.set_epoch(self.epoch)
+            order = list(self.sampler)
+            batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            b = self.next_batch
+            while b < len(batches) and self.step < self.total_updates:
+                group = batches[b:b + accum]
+                parts_sum: dict[str, float] = {}
+                loss_sum = 0.0
+                for i, idx in enumerate(group):
+                    batch = self._to_device(self.collate([self.train_set[j] for j in idx]))
+                    sync = i == len(group) - 1 or not self.dist.enabled
+                    ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
+                    with ctx:
+                        loss, parts = self._loss(batch)
+                        (loss / len(group)).backward()
+                    loss_sum += loss.item() / len(group)
+                    for k, v in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + v / len(group)
+                    seen += len(idx)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                b += len(group)
+                self.step += 1
+                self.next_batch = b
+                reported = all_reduce_mean(torch.tensor(loss_sum), self.dist).item()
+                result.losses.append(reported)
+                lr = self.scheduler.get_last_lr()[0]
+                bar.update(1)
+                bar.set_postfix(loss=f"{reported:.4f}", lr=f"{lr:.2e}")
+                if self.step % cfg.log_every == 0:
+                    self._log({"step": self.step, "epoch": self.epoch, "loss": reported,
+                               "lr": lr, "grad_norm": float(grad_norm), **parts_sum})
+                if self.dev_sets and (self.step % cfg.eval_every == 0
+                                      or self.step == self.total_updates):
+                    dev = self.evaluate()
+                    result.dev_losses.append(dev.get("dev_loss", float("nan")))
+                    self._log({"step": self.step, **dev})
+                if self.next_batch >= len(batches):
+                    self.epoch, self.next_batch = self.epoch + 1, 0
+                if self.dist.is_main and (self.step % cfg.checkpoint_every == 0):
+                    save_checkpoint(self.out_dir / "checkpoints", self.step,
+                                    self.model.hypernet.state_dict(), self._state(),
+                                    cfg.keep_checkpoints)
+            if self.next_batch >= len(batches):
+                self.epoch, self.next_batch = self.epoch + 1, 0
+        bar.close()
+        result.steps = self.step
+        result.examples_per_s = seen / max(time.perf_counter() - start_time, 1e-9)
+        return result
+
