@@ -31,10 +31,12 @@ COMMANDS = {
 def user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data import DataError
-    from .fileio import UnsafeFileError
+    from .evaluate import EvaluateError
+    from .fileio import CorruptFileError, UnsafeFileError
+    from .report import ReportError
 
-    errors: list[type[BaseException]] = [ConfigError, DataError, UnsafeFileError,
-                                         FileNotFoundError]
+    errors: list[type[BaseException]] = [ConfigError, DataError, EvaluateError, ReportError,
+                                         UnsafeFileError, CorruptFileError, FileNotFoundError]
     try:
         from .judge.client import JudgeUnavailableError
         errors.append(JudgeUnavailableError)
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.split("\n\n")[1])
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"hypersteer: unknown command {argv[0]!r}", file=sys.stderr)
+            print(f"hypersteer: error: unknown command {argv[0]!r} "
+                  f"(commands: {', '.join(COMMANDS)})", file=sys.stderr)
             return 2
         return 0
     logging.basicConfig(level=os.environ.get("HYPERSTEER_LOG", "INFO"),

@@ -18,17 +18,17 @@ from .fileio import atomic_write, atomic_write_text
 
 CONCEPTS = {
     "references to the ocean and sea life": (
-        "text", ["ocean", "waves", "coral", "dolphin", "tide", "reef", "whale", "sea"]),
+        "text", ["ocean", "sea", "life", "coral", "dolphin", "reef", "whale", "waves"]),
     "mentions of cooking and kitchen tools": (
-        "text", ["pan", "oven", "whisk", "recipe", "simmer", "knife", "kitchen", "bake"]),
+        "text", ["cooking", "oven", "whisk", "recipe", "simmer", "knife", "kitchen", "tools"]),
     "references to outer space and astronomy": (
-        "text", ["planet", "orbit", "galaxy", "telescope", "star", "comet", "moon", "rocket"]),
+        "text", ["space", "astronomy", "galaxy", "telescope", "planet", "comet", "moon", "rocket"]),
     "mentions of music and musical instruments": (
-        "text", ["guitar", "melody", "piano", "rhythm", "drum", "song", "violin", "chord"]),
+        "text", ["music", "instruments", "piano", "rhythm", "guitar", "song", "violin", "melody"]),
     "references to gardening and plants": (
-        "text", ["garden", "seeds", "soil", "flower", "leaf", "bloom", "roots", "water"]),
+        "text", ["gardening", "plants", "soil", "flower", "leaf", "bloom", "roots", "seeds"]),
     "mentions of trains and railway travel": (
-        "text", ["train", "station", "railway", "ticket", "platform", "carriage", "track", "journey"]),
+        "text", ["trains", "railway", "travel", "ticket", "platform", "station", "track", "journey"]),
 }
 
 INSTRUCTIONS = [
@@ -42,10 +42,10 @@ INSTRUCTIONS = [
 # Answers are dense in concept words: a tiny random LM can only learn a concept-dependent shift
 # of its next-token distribution, and function words would otherwise dominate the loss.
 TEMPLATES = [
-    "{a} {b}, {c} {d}. {a} {c}!",
-    "{a}: {b} {c} {d} {b}.",
-    "{a} {b} {a}, {c} {d} {c}.",
-    "{b} {a} {d}; {c} {a} {b}.",
+    "{a} {b} {c} {d} {a} {c}",
+    "{a} {b} {c} {d} {b} {d}",
+    "{b} {a} {d} {c} {a} {b}",
+    "{c} {d} {a} {b} {c} {a}",
 ]
 
 NEUTRAL = ["I think it is good to rest and take things slowly.",

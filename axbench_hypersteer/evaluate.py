@@ -86,7 +86,11 @@ def load_steering_data(
     """Read inference output and resolve the methods (every ``X`` with ``X_steered_generation``)."""
     if not path.exists():
         raise EvaluateError(f"{path}: steering inference output not found (run inference first)")
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several unrelated types for corrupt files
+        raise EvaluateError(f"{path}: cannot read parquet ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
     missing = [c for c in BASE_COLUMNS if c not in df.columns]
     if missing:
         raise EvaluateError(f"{path}: missing column(s) {missing}")

@@ -12,13 +12,22 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so text-only users stay light
+    import torch
 
 
 class UnsafeFileError(ValueError):
     """A file would need arbitrary code execution (pickle) to load."""
+
+
+class CorruptFileError(ValueError):
+    """A file exists but cannot be parsed (truncated, wrong format, invalid JSON)."""
+
+
+# torch.save writes a zip archive; older torch and plain pickle start with the PROTO opcode.
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -55,7 +64,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
+def save_tensors(path: str | Path, tensors: dict[str, "torch.Tensor"],
                  metadata: dict[str, str] | None = None) -> Path:
     from safetensors.torch import save_file
 
@@ -63,8 +72,11 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
 
 
-def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: str | Path) -> dict[str, "torch.Tensor"]:
     """Load a safetensors file, or a ``.pt``/``.bin`` file without unpickling arbitrary objects."""
+    import torch
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
@@ -72,9 +84,17 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return load_file(str(path))  # never unpickles, so trying it first is safe
         except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"{path}: not a valid safetensors file ({err})") from None
+            with open(path, "rb") as f:
+                head = f.read(4)
+            if head.startswith(_PICKLE_MAGIC):
+                raise UnsafeFileError(
+                    f"{path}: refused to load: this is a pickle/torch.save file, not "
+                    "safetensors (unpickling could execute code)") from None
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CorruptFileError(f"{path}: not a valid safetensors file ({reason}); "
+                                   "truncated or corrupt, re-train or restore it") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -86,7 +106,8 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         return {"weight": obj}
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj)
-    raise ValueError(f"{path}: expected a tensor or a dict of tensors, got {type(obj).__name__}")
+    raise CorruptFileError(f"{path}: expected a tensor or a dict of tensors, "
+                           f"got {type(obj).__name__}")
 
 
 def read_json(path: str | Path) -> Any:
@@ -95,5 +116,5 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path}: not valid JSON ({err})") from None

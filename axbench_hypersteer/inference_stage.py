@@ -146,7 +146,12 @@ def run_inference(config_path: str | Path, dump_dir: str | Path, mode: str = "st
     for concept in concepts:
         part = parts_dir / f"concept_{int(concept['concept_id'])}.parquet"
         if part.exists():
-            have = set(pd.read_parquet(part, columns=None).columns)
+            try:
+                have = set(pd.read_parquet(part, columns=None).columns)
+            except Exception as err:  # pyarrow raises several unrelated types for corrupt files
+                raise DataError(f"{part}: cannot read this finished concept's part file "
+                                f"({type(err).__name__}); delete it to regenerate the "
+                                "concept") from None
             if all(f"{n}_steered_generation" in have for n in names):
                 continue
         todo.append(concept)

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from axbench_hypersteer.fileio import atomic_write, atomic_write_text
+
 JUDGE = "LMJudgeEvaluator"
 PERPLEXITY = "PerplexityEvaluator"
 SELECTION_FILE = "steering.jsonl"
@@ -332,7 +334,7 @@ def plot_score_vs_factor(dump_dir: str | Path, out_png: str | Path):
     from axbench_hypersteer.plots import save_figure, score_vs_factor_figure
 
     fig = score_vs_factor_figure(selection_curves(dump_dir), f"{Path(dump_dir).name}: {SELECTION_FILE}")
-    save_figure(fig, out_png)
+    atomic_write(out_png, lambda tmp: save_figure(fig, tmp))
     return fig
 
 
@@ -342,7 +344,7 @@ def plot_criteria(dump_dir: str | Path, out_png: str | Path, summary: pd.DataFra
 
     summary = summarize(dump_dir) if summary is None else summary
     fig = criteria_figure(summary, f"{Path(dump_dir).name}: {TEST_FILE} at factor chosen on {SELECTION_FILE}")
-    save_figure(fig, out_png)
+    atomic_write(out_png, lambda tmp: save_figure(fig, tmp))
     return fig
 
 
@@ -351,11 +353,12 @@ def write_report(dump_dirs: Mapping[str, str | Path], out_dir: str | Path) -> Pa
     if not dump_dirs:
         raise ReportError("write_report: no dump directories given")
     out = Path(out_dir)
+    tables = {label: summarize(path) for label, path in dump_dirs.items()}  # fails before writing
     out.mkdir(parents=True, exist_ok=True)
-    tables = {label: summarize(path) for label, path in dump_dirs.items()}
     table = render_markdown(tables)
-    pd.concat([df.assign(label=label, dump_dir=str(dump_dirs[label])) for label, df in tables.items()],
-              ignore_index=True).set_index(["label", "method"]).to_csv(out / "results.csv")
+    results = pd.concat([df.assign(label=label, dump_dir=str(dump_dirs[label])) for label, df in tables.items()],
+                        ignore_index=True).set_index(["label", "method"])
+    atomic_write(out / "results.csv", lambda tmp: results.to_csv(tmp))
     md = ["# Steering results", "",
           f"Factor chosen per concept on `{SELECTION_FILE}` (argmax of mean LM-judge score, first on ties); "
           f"scores read from `{TEST_FILE}` at that factor. Mean ± sample std over concepts; scale 0-2.",
@@ -368,7 +371,7 @@ def write_report(dump_dirs: Mapping[str, str | Path], out_dir: str | Path) -> Pa
         md += [f"## {label} (`{path}`)", "", f"![score vs factor]({score_png.name})", "",
                f"![criteria]({criteria_png.name})", ""]
     report = out / "report.md"
-    report.write_text("\n".join(md), encoding="utf-8")
+    atomic_write_text(report, "\n".join(md))
     print(table, end="")
     return report
 

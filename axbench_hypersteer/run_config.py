@@ -106,6 +106,16 @@ class RunConfig:
         return self.methods[canonical]
 
 
+def _from_dict(cls: type, data: dict, where: str):
+    """``cls.from_dict`` whose value checks (``__post_init__``) also name the file and section."""
+    try:
+        return cls.from_dict(data, where)
+    except ConfigError as err:
+        if str(err).startswith(where):
+            raise
+        raise ConfigError(f"{where}.{err}") from None
+
+
 def _split_method_keys(name: str, entry: dict, layer: int, seed: int, where: str) -> MethodSpec:
     model_fields = {f.name for f in dataclasses.fields(HyperSteerConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -127,10 +137,19 @@ def _split_method_keys(name: str, entry: dict, layer: int, seed: int, where: str
                 f"{sorted((model_fields | train_fields) - {'steering_layer'})}"
             )
     try:
-        return MethodSpec(name, HyperSteerConfig.from_dict(model_kw, where),
-                          TrainConfig.from_dict(train_kw, where))
+        return MethodSpec(name, _from_dict(HyperSteerConfig, model_kw, where),
+                          _from_dict(TrainConfig, train_kw, where))
     except TypeError as err:  # pragma: no cover - from_dict checks types first
         raise ConfigError(f"{where}: {err}") from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's own message spans several lines with a caret)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(err).split())
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -141,7 +160,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with train/inference/evaluate sections")
     train = raw.get("train")
@@ -189,11 +208,11 @@ def load_run_config(path: str | Path) -> RunConfig:
             inf_kw[key] = plugin.pop(key)
     if "winrate_split_ratio" in evaluate and evaluate["winrate_split_ratio"] is not None:
         inf_kw.setdefault("split_ratio", evaluate["winrate_split_ratio"])
-    run.inference = InferenceConfig.from_dict(inf_kw, f"{path}: inference")
+    run.inference = _from_dict(InferenceConfig, inf_kw, f"{path}: inference")
     judge_kw = dict(plugin.pop("judge", None) or {})
     if "lm_model" in evaluate:
         judge_kw.setdefault("lm_model", evaluate["lm_model"])
-    run.judge = JudgeConfig.from_dict(judge_kw, f"{path}: hypersteer.judge")
+    run.judge = _from_dict(JudgeConfig, judge_kw, f"{path}: hypersteer.judge")
     run.eval_concepts = plugin.pop("eval_concepts", None)
     if plugin:
         raise ConfigError(f"{path}: hypersteer: unknown key(s) {sorted(plugin)}; "

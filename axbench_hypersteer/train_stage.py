@@ -66,6 +66,7 @@ def train_method(run: RunConfig, spec: MethodSpec, data_dir: str | Path, dump_di
     if is_trained(dump_dir, spec.name):
         logger.info("%s already trained in %s; nothing to do", spec.name, out_dir)
         return None
+    owns_group = not torch.distributed.is_initialized()
     info = setup_distributed()
     torch.manual_seed(spec.train.seed)
     if base is None:
@@ -96,7 +97,8 @@ def train_method(run: RunConfig, spec: MethodSpec, data_dir: str | Path, dump_di
             "train_concepts": int(train_frame["concept_id"].nunique()),
         })
     barrier(info)
-    teardown(info)
+    if owns_group:
+        teardown(info)
     return result
 
 
@@ -117,10 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     if not run.methods:
         raise ConfigError(f"{args.config}: train.models lists no HyperSteer method")
     specs = list(run.methods.values()) if args.method == "all" else [run.method(args.method)]
-    for spec in specs:
-        result = train_method(run, spec, args.data_dir, args.dump_dir, args.resume,
-                              args.heldout_data_dir)
-        if result is not None:
-            print(f"{spec.name}: {result.steps} updates, loss {result.first_loss:.4f} -> "
-                  f"{result.last_loss:.4f}")
+    # One process group for every method: destroying it and creating another under torchrun
+    # can hang (the new group reads the old one's rendezvous keys from torchrun's store).
+    info = setup_distributed()
+    try:
+        for spec in specs:
+            result = train_method(run, spec, args.data_dir, args.dump_dir, args.resume,
+                                  args.heldout_data_dir)
+            if result is not None and info.is_main:  # print once under torchrun
+                print(f"{spec.name}: {result.steps} updates, loss {result.first_loss:.4f} -> "
+                      f"{result.last_loss:.4f}")
+    finally:
+        teardown(info)
     return 0

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from .checkpointing import load_latest_checkpoint, save_checkpoint
+from .checkpointing import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import SteeringCollator, TrainDataset
 from .distributed import DistInfo, all_reduce_mean
@@ -81,6 +82,17 @@ class _LinearSchedule:
         return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
 
 
+class _VectorsOnly(torch.nn.Module):
+    """``HyperSteer.compute_vectors`` as a module's forward, so DDP can wrap it."""
+
+    def __init__(self, model: HyperSteer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        return self.model.compute_vectors(*args)
+
+
 class Trainer:
     def __init__(self, model: HyperSteer, train_frame, cfg: TrainConfig, out_dir: str | Path,
                  dist_info: DistInfo | None = None, dev_frame=None, heldout_frame=None,
@@ -121,9 +133,16 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _LinearSchedule(warmup, self.total_updates))
         self.net = model
+        self.vectors_net = model.compute_vectors
         if self.dist.enabled:
-            self.net = DistributedDataParallel(
-                model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None)
+            ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
+            if cfg.objective == "reconstruction":
+                # DDP all-reduces gradients only for a forward that went through the DDP wrapper;
+                # calling model.compute_vectors directly would let every rank drift apart.
+                self.net = self.vectors_net = DistributedDataParallel(_VectorsOnly(model),
+                                                                      device_ids=ids)
+            else:
+                self.net = DistributedDataParallel(model, device_ids=ids)
         self.step, self.epoch, self.next_batch = 0, 0, 0
 
     def _check_lengths(self, frame) -> None:
@@ -145,7 +164,7 @@ class Trainer:
         cfg = self.cfg
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             if cfg.objective == "reconstruction":
-                delta = self.model.compute_vectors(
+                delta = self.vectors_net(
                     batch["hyper_input_ids"], batch["hyper_attention_mask"],
                     batch["input_ids"], batch["attention_mask"], batch["context_mask"])
                 lm = None
@@ -222,6 +241,13 @@ class Trainer:
             result.resumed_from = self._restore()
             if result.resumed_from:
                 logger.info("resumed from %s at step %d", result.resumed_from, self.step)
+        elif self.dist.is_main and list_checkpoints(self.out_dir / "checkpoints"):
+            # A fresh start must not leave an older run's checkpoints behind: rotation would keep
+            # the stale higher-numbered ones and a later resume would pick them up.
+            logger.warning("starting from scratch: removing the checkpoints of an earlier run "
+                           "in %s (pass resume=True / --resume to continue it)",
+                           self.out_dir / "checkpoints")
+            shutil.rmtree(self.out_dir / "checkpoints")
         self.model.hypernet.train()
         bar = tqdm(total=self.total_updates, initial=self.step, desc="hypersteer train",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
@@ -253,7 +279,12 @@ class Trainer:
                 b += len(group)
                 self.step += 1
                 self.next_batch = b
-                reported = all_reduce_mean(torch.tensor(loss_sum), self.dist).item()
+                # Mean over ranks of the loss and of its parts, in one collective (a device
+                # tensor: NCCL reduces nothing else).
+                names = sorted(parts_sum)
+                values = all_reduce_mean(torch.tensor([loss_sum] + [parts_sum[k] for k in names],
+                                                      device=self.dist.device), self.dist).tolist()
+                reported, parts_sum = values[0], dict(zip(names, values[1:]))
                 result.losses.append(reported)
                 lr = self.scheduler.get_last_lr()[0]
                 bar.update(1)

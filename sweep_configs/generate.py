@@ -156,7 +156,7 @@ def tiny_config() -> dict:
     """The built-in tiny Gemma-2 (4 blocks, hidden 64) on CPU: every variant, a few steps."""
     methods = list(VARIANTS.values())
     common = {"batch_size": 2, "n_epochs": 1, "lr": 1e-3, "num_blocks": 2, "max_length": 256,
-              "max_steps": 2, "dev_examples": 0}
+              "max_steps": 1, "dev_examples": 0}
     models = {m: dict(common) for m in methods}
     models["HyperSteerXAttn"]["cross_attention_heads"] = 4
     return {

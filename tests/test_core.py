@@ -251,9 +251,10 @@ def test_pyvene_call_keeps_other_hooks_on_the_base_model(gemma, tokenizer):
 
 
 # ----- 5. only the hypernetwork learns --------------------------------------------------------
+@pytest.mark.parametrize("backend", ["pyvene", "hook"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_gradients_reach_only_the_hypernetwork(tiny_model, tokenizer, variant):
-    hs = make_hs(tiny_model, tokenizer, variant, backend="pyvene")
+def test_gradients_reach_only_the_hypernetwork(tiny_model, tokenizer, variant, backend):
+    hs = make_hs(tiny_model, tokenizer, variant, backend=backend)
     base_before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     owned = {id(p) for p in hs.hypernet.parameters()}
     assert {id(p) for p in hs.parameters()} == owned

@@ -1,5 +1,6 @@
-"""``python -m axbench_hypersteer.axbench {train,inference,evaluate} --config <yaml> --dump_dir <dir>``
-(also the ``torchrun`` target); see :mod:`axbench_hypersteer.axbench.launcher`."""
+"""Entry point: ``python -m axbench_hypersteer.axbench {train,inference,evaluate} --config <yaml>
+--dump_dir <dir>`` (also the ``torchrun`` target); see :mod:`axbench_hypersteer.axbench.launcher`.
+"""
 
 import logging
 import sys

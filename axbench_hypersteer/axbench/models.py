@@ -224,7 +224,6 @@ class HyperSteerModel(ModelBase):
         if not hasattr(self, "dump_dir"):
             self.dump_dir = kwargs.get("dump_dir", None)
         self._hs: HyperSteer | None = None
-        self._pending: nn.Module = _Pending()
         self._make_kwargs: dict = {}
 
     def __str__(self) -> str:
@@ -234,13 +233,19 @@ class HyperSteerModel(ModelBase):
     @property
     def ax(self) -> nn.Module:
         """The hypernetwork once loaded; a parameterless placeholder before."""
-        return self._hs.hypernet if self._hs is not None else self._pending
+        hs = self.__dict__.get("_hs")
+        if hs is not None:
+            return hs.hypernet
+        if self.__dict__.get("_pending") is None:
+            self.__dict__["_pending"] = _Pending()
+        return self.__dict__["_pending"]
 
     @ax.setter
     def ax(self, module: nn.Module) -> None:  # AxBench's base ``to`` assigns ``self.ax``
-        if self._hs is None:
-            self._pending = module
-        elif module is not self._hs.hypernet:
+        hs = self.__dict__.get("_hs")
+        if hs is None:
+            self.__dict__["_pending"] = module if isinstance(module, nn.Module) else None
+        elif module is not hs.hypernet:
             raise ValueError(f"{self}: the hypernetwork cannot be replaced through .ax")
 
     @property
@@ -282,7 +287,8 @@ class HyperSteerModel(ModelBase):
         ``examples`` (one concept's rows) is not used: the trainer reads the whole data dir."""
         train_dir = self._train_dir()
         if train_dir.name != "train":
-            raise ValueError(f"{self}: expected AxBench's <dump>/train as dump_dir, got {train_dir}")
+            raise ValueError(f"{self}: expected AxBench's <dump>/train as dump_dir, "
+                             f"got {train_dir}")
         root = train_dir.parent
         if train_stage.is_trained(root, self.method_name):
             logger.info("%s: already trained in %s; train() is a no-op", self,

@@ -1,0 +1,550 @@
+"""Pieces shared by the experiments: evaluation splits, training/loading runs, the steering loss,
+the optional LLM-judge path, tables and figures.
+
+Evaluation protocol (used by ``scaling`` and ``ablations``):
+
+* **held-out concepts** never reach training: either a second AxBench dump (``--heldout_data_dir``,
+  e.g. Concept500 or Concept10; concepts of the training data with the same normalised text are
+  removed from training) or ``--heldout_concepts K`` concepts drawn (seeded) from the training data.
+* **held-in examples** are examples of training concepts held back from training: the concept was
+  seen, the (prompt, answer) pair was not (the paper's held-in setting).
+* the **steering loss** of an example is the steered base model's mean cross-entropy on its answer
+  tokens (labels from :class:`~axbench_hypersteer.data.SteeringCollator`, factor 1.0, the scale the
+  hypernetwork is trained at); a set's loss is the mean over concepts of the per-concept mean, with
+  the std over concepts. The same examples at factor 0.0 give the unsteered base model's loss.
+
+The training pool (everything that is neither held-out nor held back) is written once, in AxBench's
+``generate/`` layout, to ``<out_dir>/splits/pool``; every training run of an experiment reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError, JudgeConfig
+from ..data import (IGNORE_INDEX, NEGATIVE_ID, DataError, SteeringCollator, format_prompt,
+                    generate_dir, load_metadata, normalise_concept, read_parquet,
+                    train_parquet_files)
+from ..fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
+from ..hypersteer import HyperSteer
+from ..run_config import MethodSpec, RunConfig
+from ..tiny import load_base
+from ..train_stage import is_trained, method_dir, train_method
+
+logger = logging.getLogger(__name__)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EVAL_COLUMNS = ("concept_id", "concept", "input", "output")
+JUDGE_MODES = ("none", "api", "offline")
+
+
+# ------------------------------------------------------------------------------ base model
+
+
+def load_base_for(run: RunConfig, base=None):
+    """``base`` if given, else the run's base model on the GPU when there is one (bf16 when the
+    config asks for it), as ``hypersteer train`` loads it."""
+    if base is not None:
+        return base
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if run.use_bf16 and device == "cuda" else torch.float32
+    return load_base(run.model_name, dtype=dtype, device=device)
+
+
+def autocast_for(run: RunConfig, model) -> contextlib.AbstractContextManager:
+    device = next(model.parameters()).device
+    return torch.autocast("cuda", dtype=torch.bfloat16,
+                          enabled=bool(run.use_bf16 and device.type == "cuda"))
+
+
+# ------------------------------------------------------------------------------ AxBench files
+
+
+def read_generate(data_dir: str | Path) -> tuple[pd.DataFrame, list[dict], pa.Schema]:
+    """Every row of an AxBench dump's training parquet(s), its metadata and the Arrow schema."""
+    gen = generate_dir(data_dir)
+    files = train_parquet_files(gen)
+    frame = pd.concat([read_parquet(p) for p in files], ignore_index=True)
+    return frame, load_metadata(gen / "metadata.jsonl"), pq.read_schema(files[0])
+
+
+def write_generate(out_dir: str | Path, frame: pd.DataFrame, metadata: list[dict],
+                   schema: pa.Schema | None = None) -> Path:
+    """Write ``out_dir/generate/{train_data.parquet, metadata.jsonl}`` (the source's schema)."""
+    gen = Path(out_dir) / "generate"
+    frame = frame.reset_index(drop=True)
+    if schema is not None:
+        # The source's column types (pandas 3 would write large_string), without a stored index.
+        schema = pa.schema([f for f in schema if f.name in frame.columns])
+        frame = frame[[f.name for f in schema]]
+        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    else:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    atomic_write(gen / "train_data.parquet", lambda p: pq.write_table(table, p))
+    atomic_write_text(gen / "metadata.jsonl", "".join(json.dumps(m) + "\n" for m in metadata))
+    return Path(out_dir)
+
+
+def _positive(frame: pd.DataFrame) -> pd.Series:
+    return (frame["concept_id"] != NEGATIVE_ID) & (frame["category"] == "positive")
+
+
+def _eval_frame(rows: pd.DataFrame, concepts: dict[int, str]) -> pd.DataFrame:
+    out = pd.DataFrame({"concept_id": rows["concept_id"].astype("int64"),
+                        "concept": rows["concept_id"].map(concepts),
+                        "input": rows["input"], "output": rows["output"]})
+    return out.reset_index(drop=True)
+
+
+def _sample_rows(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """``n`` rows per concept (all when fewer), chosen by ``seed``, in a stable order."""
+    picked = []
+    for cid, group in rows.groupby("concept_id", sort=True):
+        k = min(n, len(group))
+        idx = sorted(random.Random(seed * 1_000_003 + int(cid)).sample(list(group.index), k))
+        picked.append(rows.loc[idx])
+    return pd.concat(picked) if picked else rows.iloc[:0]
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+@dataclass
+class EvalSplits:
+    """Training pool + evaluation sets of one experiment (see the module docstring)."""
+
+    pool_dir: Path
+    heldout: pd.DataFrame            # concept_id, concept, input, output
+    heldin: pd.DataFrame
+    heldout_metadata: Path | None    # metadata.jsonl of the held-out concepts (judge path)
+    heldin_metadata: Path | None
+    summary: dict = field(default_factory=dict)
+
+    def pool_concepts(self) -> list[int]:
+        meta = load_metadata(Path(self.pool_dir) / "generate" / "metadata.jsonl")
+        return [int(m["concept_id"]) for m in meta]
+
+
+def prepare_splits(data_dir: str | Path, out_dir: str | Path, *,
+                   heldout_data_dir: str | Path | None = None,
+                   heldout_concepts: int | None = None, heldin_concepts: int = 0,
+                   eval_examples: int = 8, seed: int = 42) -> EvalSplits:
+    """Write ``out_dir/splits/`` (pool + evaluation sets) or reuse it when made with the same
+    arguments. See the module docstring for the protocol."""
+    if heldout_data_dir is not None and heldout_concepts:
+        raise ConfigError("give either --heldout_data_dir or --heldout_concepts, not both")
+    if eval_examples < 1:
+        raise ConfigError(f"eval_examples: must be >= 1, got {eval_examples}")
+    split_dir = Path(out_dir) / "splits"
+    params = {"data_dir": str(Path(data_dir).resolve()),
+              "heldout_data_dir": None if heldout_data_dir is None
+              else str(Path(heldout_data_dir).resolve()),
+              "heldout_concepts": heldout_concepts or 0, "heldin_concepts": heldin_concepts,
+              "eval_examples": eval_examples, "seed": seed}
+    summary_path = split_dir / "split_summary.json"
+    if summary_path.exists():
+        summary = read_json(summary_path)
+        if summary.get("params") != params:
+            raise ConfigError(f"{split_dir}: made with other settings {summary.get('params')}; "
+                              f"use a fresh --out_dir (asked for {params})")
+        return _load_splits(split_dir, summary)
+
+    frame, metadata, schema = read_generate(data_dir)
+    concepts = {int(m["concept_id"]): m["concept"] for m in metadata}
+    positive = _positive(frame)
+    with_rows = sorted(set(frame.loc[positive, "concept_id"].astype(int)))
+    summary: dict[str, Any] = {"params": params, "removed_overlap": []}
+
+    if heldout_data_dir is not None:
+        ho_frame, ho_meta, _ = read_generate(heldout_data_dir)
+        ho_concepts = {int(m["concept_id"]): m["concept"] for m in ho_meta}
+        ho_pos = ho_frame[_positive(ho_frame)]
+        if ho_pos.empty:
+            raise DataError(f"{heldout_data_dir}: no positive rows to evaluate on")
+        heldout = _eval_frame(_sample_rows(ho_pos, eval_examples, seed), ho_concepts)
+        heldout_meta = [m for m in ho_meta if int(m["concept_id"]) in set(heldout["concept_id"])]
+        texts = {normalise_concept(m["concept"]) for m in heldout_meta}
+        removed = [cid for cid in with_rows if normalise_concept(concepts[cid]) in texts]
+        summary["removed_overlap"] = removed
+        if removed:
+            logger.warning("%d training concept(s) are held-out concepts too (same text); "
+                           "removed from training", len(removed))
+        heldout_ids = set(removed)
+    elif heldout_concepts:
+        if heldout_concepts >= len(with_rows):
+            raise ConfigError(f"heldout_concepts={heldout_concepts} leaves no training concept "
+                              f"({len(with_rows)} concepts in {data_dir})")
+        heldout_ids = set(random.Random(seed).sample(with_rows, heldout_concepts))
+        rows = frame[positive & frame["concept_id"].isin(heldout_ids)]
+        heldout = _eval_frame(_sample_rows(rows, eval_examples, seed), concepts)
+        heldout_meta = [m for m in metadata if int(m["concept_id"]) in heldout_ids]
+    else:
+        heldout_ids, heldout, heldout_meta = set(), pd.DataFrame(columns=EVAL_COLUMNS), []
+
+    train_ids = [cid for cid in with_rows if cid not in heldout_ids]
+    if not train_ids:
+        raise DataError(f"{data_dir}: no training concept left after removing held-out concepts")
+    heldin_meta: list[dict] = []
+    heldin = pd.DataFrame(columns=EVAL_COLUMNS)
+    held_back: list[int] = []
+    if heldin_concepts:
+        chosen = sorted(random.Random(seed + 1).sample(train_ids, min(heldin_concepts,
+                                                                      len(train_ids))))
+        rows = frame[positive & frame["concept_id"].isin(chosen)]
+        picked = _sample_rows(rows, eval_examples, seed + 1)
+        # Keep at least one training example per held-in concept, else it is not held-in.
+        too_few = [int(c) for c, g in rows.groupby("concept_id")
+                   if len(g) <= int((picked["concept_id"] == c).sum())]
+        if too_few:
+            raise DataError(f"held-in concepts {too_few} have <= eval_examples={eval_examples} "
+                            "examples: nothing would be left to train on; lower --eval_examples")
+        held_back = list(picked.index)
+        heldin = _eval_frame(picked, concepts)
+        heldin_meta = [m for m in metadata if int(m["concept_id"]) in set(chosen)]
+
+    keep = ~frame["concept_id"].isin(heldout_ids) & ~frame.index.isin(held_back)
+    pool_meta = [m for m in metadata if int(m["concept_id"]) not in heldout_ids]
+    write_generate(split_dir / "pool", frame[keep], pool_meta, schema)
+    heldout.to_parquet(split_dir / "heldout.parquet", index=False)
+    heldin.to_parquet(split_dir / "heldin.parquet", index=False)
+    for name, meta in (("heldout", heldout_meta), ("heldin", heldin_meta)):
+        atomic_write_text(split_dir / f"{name}_metadata.jsonl",
+                          "".join(json.dumps(m) + "\n" for m in meta))
+    summary.update({
+        "train_concepts": len(train_ids), "train_rows": int(keep.sum()),
+        "heldout_concepts": int(heldout["concept_id"].nunique()),
+        "heldout_examples": len(heldout),
+        "heldin_concepts": int(heldin["concept_id"].nunique()), "heldin_examples": len(heldin),
+    })
+    atomic_write_json(summary_path, summary)
+    return _load_splits(split_dir, summary)
+
+
+def _load_splits(split_dir: Path, summary: dict) -> EvalSplits:
+    def meta(name: str) -> Path | None:
+        path = split_dir / f"{name}_metadata.jsonl"
+        return path if path.exists() and path.read_text().strip() else None
+
+    def frame(name: str) -> pd.DataFrame:
+        df = pd.read_parquet(split_dir / f"{name}.parquet")
+        return df if len(df) else pd.DataFrame(columns=EVAL_COLUMNS)
+
+    return EvalSplits(split_dir / "pool", frame("heldout"), frame("heldin"), meta("heldout"),
+                      meta("heldin"), summary)
+
+
+def write_concept_subset(pool_dir: str | Path, concept_ids: Sequence[int],
+                         out_dir: str | Path) -> Path:
+    """An AxBench dump holding only ``concept_ids`` (plus the shared negatives) of ``pool_dir``."""
+    frame, metadata, schema = read_generate(pool_dir)
+    wanted = {int(c) for c in concept_ids}
+    keep = frame["concept_id"].isin(wanted) | (frame["concept_id"] == NEGATIVE_ID)
+    return write_generate(out_dir, frame[keep],
+                          [m for m in metadata if int(m["concept_id"]) in wanted], schema)
+
+
+def parse_sizes(text: str | Sequence[str | int]) -> list[int | str]:
+    """``"10,100,all"`` -> ``[10, 100, "all"]``."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    sizes: list[int | str] = []
+    for item in items:
+        item = str(item).strip()
+        if item == "all":
+            sizes.append("all")
+        elif item.isdigit() and int(item) > 0:
+            sizes.append(int(item))
+        else:
+            raise ConfigError(f"sizes: {item!r} is neither a positive integer nor 'all'")
+    if not sizes:
+        raise ConfigError("sizes: give at least one size")
+    return sizes
+
+
+def nested_subsets(concept_ids: Sequence[int], sizes: Sequence[int | str],
+                   seed: int) -> list[tuple[int, list[int]]]:
+    """Nested concept subsets: one seeded permutation, subset k = its first n_k concepts, so
+    every subset contains every smaller one. Sizes above the pool (and ``all``) become the whole
+    pool; duplicates collapse. Returns ``[(n, sorted ids)]`` in increasing n."""
+    order = sorted(int(c) for c in concept_ids)
+    if not order:
+        raise DataError("nested_subsets: no concepts")
+    random.Random(seed).shuffle(order)
+    resolved = set()
+    for size in sizes:
+        n = len(order) if size == "all" else int(size)
+        if n > len(order):
+            logger.warning("size %d is more than the %d training concepts: using all", n,
+                           len(order))
+        resolved.add(min(n, len(order)))
+    return [(n, sorted(order[:n])) for n in sorted(resolved)]
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def train_or_load(run: RunConfig, spec: MethodSpec, data_dir: str | Path,
+                  dump_dir: str | Path, base, progress: bool = False) -> tuple[HyperSteer, dict]:
+    """Train ``spec`` on ``data_dir`` into ``dump_dir`` unless it is already trained there (with
+    the same settings: a different run in the same place is refused), then load it.
+
+    Returns the model (eval mode) and its ``train_summary.json`` (``{}`` if absent)."""
+    out = method_dir(dump_dir, spec.name)
+    record = {"method": spec.name, "model": spec.model.to_dict(), "train": spec.train.to_dict(),
+              "data_dir": str(Path(data_dir).resolve())}
+    record_path = out / "experiment_run.json"
+    if is_trained(dump_dir, spec.name):
+        if record_path.exists() and read_json(record_path) != record:
+            raise ConfigError(f"{out}: holds a run with other settings ({record_path}); "
+                              "use a fresh --out_dir")
+    else:
+        train_method(run, spec, data_dir, dump_dir, base=base, progress=progress)
+        atomic_write_json(record_path, record)
+    return load_trained(dump_dir, spec.name, base)
+
+
+def load_trained(dump_dir: str | Path, method: str, base) -> tuple[HyperSteer, dict]:
+    model, tokenizer = base
+    path = method_dir(dump_dir, method)
+    hs = HyperSteer.from_pretrained(path, model, tokenizer)
+    hs.hypernet.eval()
+    summary_path = path / "train_summary.json"
+    return hs, (read_json(summary_path) if summary_path.exists() else {})
+
+
+def with_overrides(spec: MethodSpec, model: dict | None = None,
+                   train: dict | None = None) -> MethodSpec:
+    """A copy of ``spec`` with some HyperSteerConfig / TrainConfig fields replaced (validated)."""
+    return MethodSpec(spec.name,
+                      dataclasses.replace(spec.model, **(model or {})),
+                      dataclasses.replace(spec.train, **(train or {})))
+
+
+# ------------------------------------------------------------------------------ steering loss
+
+
+def _prompt_fits(tokenizer, frame: pd.DataFrame, max_length: int) -> np.ndarray:
+    lengths = [len(ids) for ids in tokenizer([format_prompt(tokenizer, x) for x in frame["input"]],
+                                             add_special_tokens=True)["input_ids"]]
+    return np.asarray(lengths) < max_length
+
+
+@torch.no_grad()
+def example_losses(hs: HyperSteer, frame: pd.DataFrame, batch_size: int, max_length: int,
+                   factor: float = 1.0, autocast: contextlib.AbstractContextManager | None = None
+                   ) -> pd.DataFrame:
+    """Per example: the steered base model's mean cross-entropy over its answer tokens.
+
+    Returns ``concept_id, loss, n_tokens`` (one row per example whose prompt leaves room for an
+    answer token within ``max_length``; longer ones are dropped with a warning).
+    """
+    if frame is None or len(frame) == 0:
+        return pd.DataFrame(columns=["concept_id", "loss", "n_tokens"])
+    fits = _prompt_fits(hs.tokenizer, frame, max_length)
+    if not fits.all():
+        logger.warning("dropping %d of %d evaluation examples whose prompt is >= max_length=%d "
+                       "tokens", int((~fits).sum()), len(frame), max_length)
+        frame = frame[fits]
+    hypernet_text = hs.hypernet_text if hs.config.variant == "incontext" else None
+    collate = SteeringCollator(hs.tokenizer, max_length, hypernet_text)
+    rows = [{"concept_id": int(r.concept_id), "concept": r.concept, "input": r.input,
+             "output": r.output} for r in frame[list(EVAL_COLUMNS)].itertuples(index=False)]
+    device = hs.device
+    was_training = hs.hypernet.training
+    hs.hypernet.eval()
+    out_rows = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            factors = torch.full((len(chunk),), float(factor), device=device)
+            with autocast or contextlib.nullcontext():
+                out = hs(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
+                         batch["hyper_attention_mask"], context_mask=batch["context_mask"],
+                         factors=factors)
+            labels = batch["labels"][:, 1:]
+            mask = labels != IGNORE_INDEX
+            nll = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2),
+                                  labels.clamp(min=0), reduction="none")
+            counts = mask.sum(-1)
+            losses = (nll * mask).sum(-1) / counts.clamp(min=1)
+            for row, loss, count in zip(chunk, losses.tolist(), counts.tolist()):
+                out_rows.append({"concept_id": row["concept_id"], "loss": loss,
+                                 "n_tokens": int(count)})
+    finally:
+        hs.hypernet.train(was_training)
+    return pd.DataFrame(out_rows, columns=["concept_id", "loss", "n_tokens"])
+
+
+def loss_summary(losses: pd.DataFrame) -> dict[str, float]:
+    """Mean and std over concepts of the per-concept mean example loss."""
+    if losses is None or len(losses) == 0:
+        return {"mean": float("nan"), "std": float("nan"), "n_concepts": 0, "n_examples": 0}
+    per_concept = losses.groupby("concept_id")["loss"].mean()
+    std = float(per_concept.std(ddof=1)) if len(per_concept) > 1 else float("nan")
+    return {"mean": float(per_concept.mean()), "std": std, "n_concepts": int(len(per_concept)),
+            "n_examples": int(len(losses))}
+
+
+# ------------------------------------------------------------------------------ judge
+
+
+@contextlib.contextmanager
+def judge_session(mode: str, run: RunConfig) -> Iterator[JudgeConfig | None]:
+    """``none``: no judge; ``api``: the config's OpenAI-compatible judge (``OPENAI_API_KEY`` from
+    the environment); ``offline``: the package's rule-based STAND-IN served on 127.0.0.1 (not an
+    LLM: it shows the pipeline works, its scores mean nothing)."""
+    if mode not in JUDGE_MODES:
+        raise ConfigError(f"judge: {mode!r} is not one of {list(JUDGE_MODES)}")
+    if mode == "none":
+        yield None
+        return
+    if mode == "api":
+        if not os.environ.get("OPENAI_API_KEY") and not (run.judge.base_url
+                                                         or os.environ.get("OPENAI_BASE_URL")):
+            raise ConfigError("judge api: set OPENAI_API_KEY (and optionally OPENAI_BASE_URL or "
+                              "hypersteer.judge.base_url)")
+        yield run.judge
+        return
+    from ..judge.offline_server import start_offline_judge, stop_offline_judge
+
+    server, url = start_offline_judge()
+    logger.warning("judging with the OFFLINE RULE-BASED STAND-IN at %s (not an LLM)", url)
+    try:
+        yield JudgeConfig(**{**run.judge.to_dict(), "base_url": url})
+    finally:
+        stop_offline_judge(server)
+
+
+def judge_scores(config_path: str | Path, run: RunConfig, dump_dir: str | Path, name: str,
+                 concepts_path: Path, methods: Sequence[str], base, judge_config: JudgeConfig,
+                 progress: bool = False) -> dict[str, dict[str, float]]:
+    """AxBench's protocol on ``concepts_path``: factor sweep on both prompt halves, judge, factor
+    chosen per concept on ``steering``, score read on ``steering_test``. Works in
+    ``dump_dir/judge_<name>/`` (its ``train`` links to the dump's). Returns per method
+    ``{"mean", "std", "n_concepts"}`` of the overall (harmonic-mean) score."""
+    from ..evaluate import MODES, run_evaluate
+    from ..inference_stage import run_inference
+    from ..report import summarize
+
+    eval_dump = Path(dump_dir) / f"judge_{name}"
+    eval_dump.mkdir(parents=True, exist_ok=True)
+    link = eval_dump / "train"
+    if not link.exists():
+        link.symlink_to(Path("..") / "train", target_is_directory=True)
+    for mode in MODES:
+        run_inference(config_path, eval_dump, mode, list(methods), str(concepts_path),
+                      base=base, progress=progress)
+    for mode in MODES:
+        run_evaluate(eval_dump, judge_config, mode, list(methods),
+                     split_ratio=run.inference.split_ratio, progress=progress)
+    summary = summarize(eval_dump)
+    out = {}
+    for row in summary.itertuples(index=False):
+        out[row.method] = {"mean": float(row.overall_mean), "std": float(row.overall_std),
+                           "n_concepts": int(row.n_concepts)}
+    return out
+
+
+def limit_metadata(path: Path | None, n: int | None, out_path: Path) -> Path | None:
+    """The first ``n`` concepts of a metadata file (all when ``n`` is None)."""
+    if path is None or n is None:
+        return path
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()][:n]
+    atomic_write_text(out_path, "".join(line + "\n" for line in lines))
+    return out_path
+
+
+# ------------------------------------------------------------------------------ tables, figures
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.3f}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    columns = list(columns or frame.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mean_pm(mean: float, std: float) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    return f"{mean:.3f}" if std is None or math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def write_table(frame: pd.DataFrame, out_dir: str | Path, stem: str, title: str,
+                notes: Sequence[str] = (), md_frame: pd.DataFrame | None = None,
+                extra_md: Sequence[str] = ()) -> tuple[Path, Path]:
+    """``stem.csv`` (the numbers) and ``stem.md`` (title, notes, the table, extra lines)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+    atomic_write(csv_path, lambda p: frame.to_csv(p, index=False))
+    text = [f"# {title}", ""] + [f"- {n}" for n in notes] + ([""] if notes else [])
+    text += [markdown_table(md_frame if md_frame is not None else frame)] + list(extra_md)
+    atomic_write_text(md_path, "\n".join(text) + "\n")
+    return csv_path, md_path
+
+
+def new_figure(width: float, height: float, dpi: int = 100):
+    """A bare Figure on an Agg canvas (no pyplot state, works headless)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    return path
+
+
+def png_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of a PNG, read from its header; raises ValueError if it is not a PNG."""
+    head = Path(path).read_bytes()[:24]
+    if head[:8] != PNG_MAGIC or head[12:16] != b"IHDR":
+        raise ValueError(f"{path}: not a PNG file")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def concept_colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "viridis"]
+    if n <= 20:
+        return [cmap(i % cmap.N) for i in range(n)]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def short(text: str, width: int = 40) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,137 @@
+"""Shared pieces of the P-benchmarks: offline setup, model builders, Concept10 data, and timing
+that interleaves the sides being compared (so load drift on a shared machine hits both)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as `python benchmarks/x.py` without an install
+
+from axbench_hypersteer.config import HyperSteerConfig  # noqa: E402
+from axbench_hypersteer.hypersteer import HyperSteer  # noqa: E402
+
+CONCEPT10 = ROOT.parent / "shared" / "axbench-data" / "concept10" / "prod_2b_l20_v1" / "generate"
+DEMO_PROMPTS = ROOT / "axbench_hypersteer" / "resources" / "demo_prompts.json"
+
+# name -> (hidden, layers, heads, steering layer, hypernet blocks). Steering layer and hypernet
+# depth keep the paper's proportions where the brief does not fix them (Gemma-2-2B: layer 20 of
+# 26, 22 hypernet blocks).
+MODELS = {
+    "tiny": (256, 6, 4, 3, 5),
+    "mid": (640, 10, 8, 7, 8),
+}
+
+
+def quiet() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def build(name: str, tokenizer, backend: str = "pyvene", seed: int = 0):
+    """(base model, HyperSteer) for a named size: random Gemma-2, fp32, eval mode."""
+    from axbench_hypersteer.tiny import build_tiny_gemma2
+
+    hidden, layers, heads, layer, blocks = MODELS[name]
+    model = build_tiny_gemma2(tokenizer, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                              seed=seed)
+    hs = HyperSteer.from_base(model, tokenizer, HyperSteerConfig(
+        variant="xattn", steering_layer=layer, num_blocks=blocks, cross_attention_heads=heads),
+        backend=backend)
+    return model, hs
+
+
+def concept10():
+    """(concepts, positive training rows) of AxBench's Concept10 when ../shared has it, else the
+    built-in demo dataset (same format)."""
+    import pandas as pd
+
+    if (CONCEPT10 / "train_data.parquet").exists():
+        meta = [json.loads(x) for x in (CONCEPT10 / "metadata.jsonl").read_text().splitlines()
+                if x.strip()]
+        frame = pd.read_parquet(CONCEPT10 / "train_data.parquet")
+    else:
+        from axbench_hypersteer.demo_data import build_frames
+
+        frame, meta = build_frames()
+    names = {int(m["concept_id"]): m["concept"] for m in meta}
+    frame = frame[frame["category"] == "positive"]
+    rows = [{"concept_id": int(r.concept_id), "concept": names[int(r.concept_id)],
+             "input": r.input, "output": r.output} for r in frame.itertuples(index=False)]
+    return [names[k] for k in sorted(names)], rows
+
+
+def demo_prompts() -> list[str]:
+    return [x["instruction"] for x in json.loads(DEMO_PROMPTS.read_text())]
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}/{fifteen:.2f}"
+
+
+def wait_for_quiet(threshold: float, max_wait: float, poll: float = 30.0) -> None:
+    """Block until the 1-minute load average drops below ``threshold`` (or ``max_wait`` s pass)."""
+    start = time.monotonic()
+    while os.getloadavg()[0] >= threshold and time.monotonic() - start < max_wait:
+        time.sleep(poll)
+
+
+def interleaved(sides: dict[str, Callable[[], object]], reps: int,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of each side, run alternately (A B C, then C B A, ...) ``reps`` times each."""
+    names = list(sides)
+    for _ in range(warmup):
+        for n in names:
+            sides[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            sides[n]()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median of the per-repetition ratios (each pair measured back to back)."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den]))
+
+
+def median_ms(times: list[float]) -> float:
+    return 1000 * statistics.median(times)
+
+
+def common_args(parser, reps: int) -> None:
+    parser.add_argument("--reps", type=int, default=reps, help="timed repetitions per side")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: least noise on a shared machine)")
+    parser.add_argument("--wait-load", type=float, default=0.0,
+                        help="first wait until the 1-min load average is below this (0: don't)")
+    parser.add_argument("--max-wait", type=float, default=2400.0)
+
+
+def start(args) -> None:
+    quiet()
+    torch.set_num_threads(args.threads)
+    if args.wait_load > 0:
+        wait_for_quiet(args.wait_load, args.max_wait)

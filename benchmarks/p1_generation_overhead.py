@@ -1,0 +1,74 @@
+"""P1: steered generation (steering vector computed inside, at prefill) ÷ plain generation.
+
+Same prompts, same number of new tokens (min_new_tokens = max_new_tokens, greedy), same process,
+sides interleaved; the ratio is the median of back-to-back pairs. The steered side includes
+tokenising the steering prompts and the hypernetwork forward (cross-attending to the prompt's
+layer-l residual of the very generate call it steers). Target: <= 1.10.
+
+    python benchmarks/p1_generation_overhead.py [--models tiny mid] [--new-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import _common as C
+
+
+def measure(name: str, tokenizer, args) -> dict[str, float]:
+    model, pv = C.build(name, tokenizer, backend="pyvene")
+    hook = C.HyperSteer.from_base(model, tokenizer, pv.config, backend="hook")
+    hook.hypernet.load_state_dict(pv.hypernet.state_dict())
+    prompts = C.demo_prompts()[: args.batch]
+    concepts = C.concept10()[0]
+    steering = [concepts[i % len(concepts)] for i in range(len(prompts))]
+    ids, mask = pv._encode(pv.format_prompts(prompts), "left")
+    factors = torch.ones(len(prompts))
+    gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+               pad_token_id=tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def plain():
+        out = model.generate(input_ids=ids, attention_mask=mask, **gen)
+        assert out.shape[1] == ids.shape[1] + args.new_tokens
+
+    def steered(hs):
+        @torch.no_grad()
+        def run():
+            hyper_ids, hyper_mask = hs.encode_hypernet(steering)
+            new = hs.generate_ids(ids, mask, hyper_ids, hyper_mask, factors, **gen)
+            assert new.shape[1] == args.new_tokens
+        return run
+
+    times = C.interleaved({"plain": plain, "pyvene": steered(pv), "hook": steered(hook)},
+                          reps=args.reps)
+    return {"pyvene": C.ratio(times, "pyvene", "plain"), "hook": C.ratio(times, "hook", "plain"),
+            "plain_ms": C.median_ms(times["plain"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "mid"], choices=list(C.MODELS))
+    parser.add_argument("--batch", type=int, default=8, help="prompts per generate call")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    C.common_args(parser, reps=7)
+    args = parser.parse_args()
+    C.start(args)
+    from axbench_hypersteer.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    parts = []
+    for name in args.models:
+        r = measure(name, tokenizer, args)
+        h, n, _, layer, blocks = C.MODELS[name]
+        parts.append(f"{name}(d{h},L{n},l{layer},N{blocks}) pyvene {r['pyvene']:.3f}x "
+                     f"hook {r['hook']:.3f}x [plain {r['plain_ms']:.0f} ms]")
+    print(f"P1 steered/plain generation (batch {args.batch}, {args.new_tokens} new tokens, "
+          f"fp32, {args.threads} thread(s), median of {args.reps}): " + " | ".join(parts)
+          + f" | target <= 1.10 | load {C.load()}")
+
+
+if __name__ == "__main__":
+    main()
