@@ -147,8 +147,10 @@ def sweep_config(size: str, variant: str, split: str) -> dict:
         },
         "evaluate": _evaluate([method], 32),
     }
+    # The standalone `hypersteer inference` reads AxBench's AlpacaEval file (AxBench reads it too).
+    config["hypersteer"] = {"prompts_path": "axbench/data/alpaca_eval.json"}
     if split == "heldout":
-        config["hypersteer"] = {"eval_concepts": base["eval_concepts"]}
+        config["hypersteer"]["eval_concepts"] = base["eval_concepts"]
     return config
 
 
