@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +40,10 @@ def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
         )
 
 
+# Scientific notation without a dot ("1e-4"): a float in YAML 1.2 and JSON, a string to PyYAML.
+_YAML11_EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _coerce(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Check types of YAML values against the dataclass annotations (ints may stand for floats)."""
     out: dict[str, Any] = {}
@@ -57,6 +62,8 @@ def _coerce(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
         elif hint.startswith("float"):
+            if isinstance(value, str) and _YAML11_EXPONENT_FLOAT.match(value.strip()):
+                value = float(value)  # PyYAML reads `lr: 1e-4` (no dot) as a string
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
             value = float(value)
@@ -217,6 +224,13 @@ class TrainConfig(_YamlMixin):
             raise ConfigError(f"lr: must be a positive number, got {self.lr}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"warmup_ratio: must lie in [0, 1), got {self.warmup_ratio}")
+        # max_grad_norm 0 would silently zero every gradient; negative weights flip the loss.
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ConfigError(f"max_grad_norm: must be a positive number, got {self.max_grad_norm}")
+        for key in ("weight_decay", "lm_weight", "reconstruction_weight", "dev_examples"):
+            value = getattr(self, key)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{key}: must be >= 0, got {value}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective: {self.objective!r} is not one of {list(OBJECTIVES)}")
         if self.objective != "lm" and not self.reconstruction_targets:
@@ -251,8 +265,8 @@ class InferenceConfig(_YamlMixin):
         if not self.steering_factors:
             raise ConfigError("steering_factors: must list at least one factor")
         for f in self.steering_factors:
-            if isinstance(f, bool) or not isinstance(f, (int, float)):
-                raise ConfigError(f"steering_factors: {f!r} is not a number")
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f):
+                raise ConfigError(f"steering_factors: {f!r} is not a finite number")
         self.steering_factors = [float(f) for f in self.steering_factors]
         for key in ("steering_num_of_examples", "steering_batch_size", "steering_output_length"):
             if getattr(self, key) < 1:
@@ -284,3 +298,6 @@ class JudgeConfig(_YamlMixin):
             raise ConfigError(f"max_retries: must be >= 0, got {self.max_retries}")
         if self.timeout <= 0:
             raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
+        for key in ("temperature", "backoff_base", "backoff_max"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")

@@ -89,8 +89,8 @@ def load_steering_data(
     try:
         df = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several unrelated types for corrupt files
-        raise EvaluateError(f"{path}: cannot read parquet ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise EvaluateError(f"{path}: cannot read parquet ({type(err).__name__}: {reason})") from None
     missing = [c for c in BASE_COLUMNS if c not in df.columns]
     if missing:
         raise EvaluateError(f"{path}: missing column(s) {missing}")

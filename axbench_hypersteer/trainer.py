@@ -108,6 +108,9 @@ class Trainer:
         self.dev_sets = {name: TrainDataset(f) for name, f in
                          (("dev", dev_frame), ("heldout", heldout_frame))
                          if f is not None and len(f)}
+        for name, f in (("dev", dev_frame), ("heldout", heldout_frame)):
+            if name in self.dev_sets:  # else the first dev loss, steps later, would fail
+                self._check_lengths(f, name)
         self.targets = None
         if cfg.objective != "lm":
             self.targets = load_reconstruction_targets(
@@ -145,7 +148,7 @@ class Trainer:
                 self.net = DistributedDataParallel(model, device_ids=ids)
         self.step, self.epoch, self.next_batch = 0, 0, 0
 
-    def _check_lengths(self, frame) -> None:
+    def _check_lengths(self, frame, what: str = "training") -> None:
         """Fail before the first step, not at step 10 000, when a prompt leaves no answer token."""
         from .data import DataError, format_prompt
 
@@ -156,7 +159,7 @@ class Trainer:
         if too_long:
             longest = max(len(prompts[i]) for i in too_long)
             raise DataError(
-                f"{len(too_long)} training prompt(s) are >= max_length={self.cfg.max_length} "
+                f"{len(too_long)} {what} prompt(s) are >= max_length={self.cfg.max_length} "
                 f"tokens (longest {longest}): raise max_length in the method's config")
 
     # ----- losses ------------------------------------------------------------------------------

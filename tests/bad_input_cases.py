@@ -503,6 +503,9 @@ def markdown(outcomes: list[Outcome]) -> str:
 
 
 def main() -> int:
+    import torch
+
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="hypersteer-bad-inputs-") as tmp:
         tmp = Path(tmp)
         pipeline = shared_pipeline(tmp / "pipeline")

@@ -12,7 +12,8 @@ import torch
 
 from axbench_hypersteer.tiny import build_tiny_gemma2, build_tiny_tokenizer
 
-torch.set_num_threads(2)
+# Tiny models: one thread beats two (thread start-up dominates, and CI shares 2 cores).
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "axbench-data"
 CONCEPT10_2B = SHARED_DATA / "concept10" / "prod_2b_l20_v1"

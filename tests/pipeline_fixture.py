@@ -62,7 +62,8 @@ def build_pipeline(root: Path, tokenizer=None) -> Pipeline:
 
     from axbench_hypersteer import demo
     from axbench_hypersteer.run_config import load_run_config
-    from axbench_hypersteer.tiny import build_tiny_gemma2, build_tiny_tokenizer, load_base, save_tiny
+    from axbench_hypersteer.tiny import (build_tiny_gemma2, build_tiny_tokenizer, load_base,
+                                         save_tiny)
     from axbench_hypersteer.train_stage import train_method
 
     root.mkdir(parents=True, exist_ok=True)
@@ -98,3 +99,27 @@ def shared_pipeline(root: Path | None = None, tokenizer=None) -> Pipeline:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         _CACHE["pipeline"] = build_pipeline(root, tokenizer)
     return _CACHE["pipeline"]
+
+
+# pytest fixtures, imported by the test modules that use the pipeline --------------------------
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the doc script runs without pytest too
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture(scope="module", autouse=True)
+    def one_torch_thread():
+        """The tiny model runs fastest on one thread, and several threads on a shared, busy
+        2-core machine mostly wait on each other (3x slower here)."""
+        import torch
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(old)
+
+    @pytest.fixture(scope="module")
+    def pipeline(one_torch_thread, tmp_path_factory, tokenizer):
+        return shared_pipeline(tmp_path_factory.mktemp("pipeline"), tokenizer)

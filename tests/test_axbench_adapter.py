@@ -658,7 +658,9 @@ def _generator():
 def test_sweep_configs_are_reproduced_by_generate_py(tmp_path):
     _generator().main(["--out_dir", str(tmp_path)])
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.yaml"))
-    committed = sorted(p.relative_to(SWEEP) for p in SWEEP.rglob("*.yaml"))
+    # ablations/ has its own generator (axbench_hypersteer.experiments.ablations) and test.
+    committed = sorted(p.relative_to(SWEEP) for p in SWEEP.rglob("*.yaml")
+                       if p.relative_to(SWEEP).parts[0] != "ablations")
     assert generated == committed and len(committed) == 13
     for rel in committed:
         assert (tmp_path / rel).read_text() == (SWEEP / rel).read_text(), rel

@@ -10,14 +10,9 @@ from __future__ import annotations
 import pytest
 
 from bad_input_cases import CASES, DOC_PATH, doc_row, problems, run_case
-from pipeline_fixture import shared_pipeline
+from pipeline_fixture import one_torch_thread, pipeline  # noqa: F401 (fixtures)
 
 OUTCOMES: dict = {}
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, tokenizer):
-    return shared_pipeline(tmp_path_factory.mktemp("pipeline"), tokenizer)
 
 
 def test_table_covers_the_issue():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -20,7 +19,7 @@ from safetensors.torch import load_file
 
 from axbench_hypersteer import cli, train_stage
 from axbench_hypersteer.checkpointing import list_checkpoints
-from axbench_hypersteer.data import load_train_frame
+from axbench_hypersteer.data import DataError, load_train_frame
 from axbench_hypersteer.fileio import UnsafeFileError, save_tensors
 from axbench_hypersteer.run_config import load_run_config
 from axbench_hypersteer.tiny import save_tiny
@@ -31,7 +30,6 @@ from axbench_hypersteer.trainer import (
 )
 
 from trainer_helpers import (
-    METHODS,
     RUN_SCRIPT,
     TORCHRUN,
     VARIANTS,
@@ -146,9 +144,12 @@ def test_fresh_start_discards_an_earlier_runs_checkpoints(tokenizer, concept10_d
                                                            caplog):
     frame = load_train_frame(concept10_dir, max_num_of_examples=1, seed=0)
     frame["output"] = "A short answer."
-    make = lambda steps: Trainer(make_hs(tiny_base(tokenizer), tokenizer, "nocontext"), frame,  # noqa: E731
-                                 train_cfg(batch_size=2, max_steps=steps, checkpoint_every=2),
-                                 tmp_path, progress=False)
+
+    def make(steps: int) -> Trainer:
+        return Trainer(make_hs(tiny_base(tokenizer), tokenizer, "nocontext"), frame,
+                       train_cfg(batch_size=2, max_steps=steps, checkpoint_every=2), tmp_path,
+                       progress=False)
+
     make(6).train()
     assert [p.name[-1] for p in list_checkpoints(tmp_path / "checkpoints")] == ["2", "4", "6"]
     with caplog.at_level(logging.WARNING, logger="axbench_hypersteer.trainer"):
@@ -283,7 +284,7 @@ def test_reconstruction_objective_lowers_the_loss(suffix, tokenizer, concept10_d
     result = trainer.train()
     after = measured()
     print(f"\n[reconstruction {suffix}] loss {before:.2f} -> {after:.2f}")
-    assert after < 0.5 * before
+    assert after < 0.1 * before
     record = read_log(tmp_path / "out" / "train_log.jsonl")[0]
     assert "reconstruction_loss" in record and "lm_loss" not in record
     assert result.steps == 30
@@ -403,7 +404,7 @@ def test_gradient_accumulation_equals_the_larger_batch(tokenizer, concept10_dir,
         # AdamW's first step is lr * g / (|g| + eps): well conditioned wherever |g| >> eps; a
         # gradient ~1e-9 (an almost unused embedding row) turns float noise into a visible step.
         clear = g.abs() > 1e-6
-        torch.testing.assert_close(b[clear], a[clear], rtol=0, atol=1e-8)
+        torch.testing.assert_close(b[clear], a[clear], rtol=0, atol=1e-7)  # 1e-4 of lr
         assert b.abs().max() <= 1e-3 + 1e-6
 
 
@@ -455,6 +456,18 @@ def test_train_layout_and_rerun_is_a_no_op(saved_base, concept10_dir, tmp_path, 
 
 
 # ------------------------------------------------------------------------- 7. bad data
+
+
+def test_too_long_dev_prompt_fails_before_the_first_step(tokenizer, concept10_dir, tmp_path):
+    frame = load_train_frame(concept10_dir, max_num_of_examples=1, seed=0)
+    dev = frame.head(2).copy()
+    dev.loc[1, "input"] = "word " * 300
+    hs = make_hs(tiny_base(tokenizer), tokenizer, "nocontext")
+    with pytest.raises(DataError, match=r"1 dev prompt\(s\) are >= max_length=256"):
+        Trainer(hs, frame, train_cfg(), tmp_path, dev_frame=dev, progress=False)
+    with pytest.raises(DataError, match=r"1 heldout prompt\(s\) are >= max_length=256"):
+        Trainer(hs, frame, train_cfg(), tmp_path, heldout_frame=dev, progress=False)
+
 
 
 def _first_positive(frame: pd.DataFrame) -> int:

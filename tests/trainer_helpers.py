@@ -26,8 +26,6 @@ TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 RUN_SCRIPT = str(REPO / "tests" / "run_train_stage.py")
 
 VARIANTS = ("nocontext", "incontext", "xattn")
-METHODS = {"nocontext": "HyperSteerNoContext", "incontext": "HyperSteerInContext",
-           "xattn": "HyperSteerXAttn"}
 NUM_LAYERS = 2
 LAYER = 0  # steering layer: the answer's loss flows back through one base block
 # Gemma's 0.02 gives near-uniform logits at width 64 (loss ~ log|V| whatever the steering);
@@ -95,9 +93,12 @@ def copy_dump(src: Path, dst: Path, edit=None) -> Path:
 
 
 def read_log(path: Path) -> list[dict]:
+    """Records of a train_log.jsonl; a last line still being written (no newline) is left out."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.split("\n")[:-1]  # everything before the last newline
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def train_steps(path: Path) -> list[int]:
