@@ -27,7 +27,8 @@ Where the gradient goes:
 * HyperSteer steers the output of block ``l``; the loss is the base LM's cross-entropy. Gradients
   flow back through blocks ``l+1 .. L-1`` and the LM head (activation gradients only), reach the
   steering vector, and continue into the hypernetwork (weights trained). Blocks ``0..l`` of the
-  base never see a gradient: the cross-attention context is a frozen activation.
+  base never see a gradient: the cross-attention context is a frozen activation (its k/v
+  projections still pay ``dX``, for the trained RMSNorm applied to the context).
 * A per-concept steering vector (AxBench's SteeringVector / ReFT-r1, ``n_epochs × 72`` examples,
   one concept at a time) needs the same backward through blocks ``l+1..L-1``; its own gradient is
   an O(T·d) sum, not counted.
@@ -35,7 +36,16 @@ Where the gradient goes:
   once more, unsteered, just to read the layer-l residual; this package reads it inside the steered
   pass, so the extra pass is gone.
 
-Everything is an exact integer function of a transformers config, so tests can check it by hand.
+Everything is an exact integer function of a transformers config, so tests can check it by hand;
+tests/test_flops.py also checks it against torch's FlopCounterMode on real training steps (equal
+to the FLOP, RoPE's outer product aside).
+
+    >>> from axbench_hypersteer.flops import *
+    >>> g = gemma2_2b_shapes()
+    >>> step = training_step_flops(g, HypernetShapes(22), steering_layer=20, batch_size=12,
+    ...                            tokens=160, steering_tokens=16)
+    >>> format_flops(step.total)
+    '18.8 TFLOP'
 """
 
 from __future__ import annotations

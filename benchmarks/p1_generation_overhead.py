@@ -5,7 +5,7 @@ sides interleaved; the ratio is the median of back-to-back pairs. The steered si
 tokenising the steering prompts and the hypernetwork forward (cross-attending to the prompt's
 layer-l residual of the very generate call it steers). Target: <= 1.10.
 
-    python benchmarks/p1_generation_overhead.py [--models tiny mid] [--new-tokens 64]
+    python benchmarks/p1_generation_overhead.py [--models tiny mid] [--new-tokens 128] [--batch 10]
 """
 
 from __future__ import annotations
@@ -51,9 +51,11 @@ def measure(name: str, tokenizer, args) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "mid"], choices=list(C.MODELS))
-    parser.add_argument("--batch", type=int, default=8, help="prompts per generate call")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    C.common_args(parser, reps=7)
+    parser.add_argument("--batch", type=int, default=10,
+                        help="prompts per generate call (AxBench's steering_batch_size)")
+    parser.add_argument("--new-tokens", type=int, default=128,
+                        help="AxBench's steering_output_length")
+    C.common_args(parser, reps=5)
     args = parser.parse_args()
     C.start(args)
     from axbench_hypersteer.tiny import build_tiny_tokenizer

@@ -22,7 +22,8 @@ from axbench_hypersteer.experiments import __main__ as experiments_cli
 from axbench_hypersteer.experiments import ablations as abl
 from axbench_hypersteer.experiments.attention import run_attention
 from axbench_hypersteer.experiments.common import (example_losses, nested_subsets, parse_sizes,
-                                                   png_size)
+                                                   png_size, prepare_splits,
+                                                   write_concept_subset)
 from axbench_hypersteer.experiments.geometry import run_geometry
 from axbench_hypersteer.experiments.hf_data import hf_to_axbench
 from axbench_hypersteer.experiments.projection import (block_means, cosine_matrix, pca_2d,
@@ -159,6 +160,26 @@ def test_nested_subsets_are_nested_and_seeded():
     assert nested_subsets(ids, [5], seed=4) != subsets[:1]
     with pytest.raises(ConfigError):
         parse_sizes("10,zero")
+
+
+def test_heldout_dump_concepts_are_removed_from_training(c10, tmp_path):
+    """--heldout_data_dir: training concepts with the same (normalised) text leave the pool."""
+    heldout_dir = write_concept_subset(c10 / "generate", [3, 8], tmp_path / "heldout")
+    splits = prepare_splits(c10, tmp_path / "exp", heldout_data_dir=heldout_dir,
+                            heldin_concepts=2, eval_examples=3, seed=1)
+    assert splits.summary["removed_overlap"] == [3, 8]
+    assert sorted(splits.pool_concepts()) == [0, 1, 2, 4, 5, 6, 7, 9]
+    pool = pd.read_parquet(splits.pool_dir / "generate" / "train_data.parquet")
+    assert not {3, 8} & set(pool.concept_id) and (pool.concept_id == -1).any()
+    assert sorted(splits.heldout.concept_id.unique()) == [3, 8]
+    assert splits.heldout.groupby("concept_id").size().tolist() == [3, 3]
+    assert splits.heldin.concept_id.nunique() == 2 and len(splits.heldin) == 6
+    assert [m["concept_id"] for m in load_metadata(splits.heldout_metadata)] == [3, 8]
+    again = prepare_splits(c10, tmp_path / "exp", heldout_data_dir=heldout_dir,
+                           heldin_concepts=2, eval_examples=3, seed=1)  # reused as is
+    pd.testing.assert_frame_equal(again.heldin, splits.heldin)
+    with pytest.raises(ConfigError):  # the same out_dir with other settings
+        prepare_splits(c10, tmp_path / "exp", heldout_concepts=2, seed=1)
 
 
 def test_example_losses_match_the_steered_forward_loss(tiny_model, tokenizer):

@@ -229,3 +229,11 @@ def test_gpu_benchmark_smoke_on_cpu():
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [x for x in out.stdout.splitlines() if x.strip()]
     assert len(lines) == 1 and "tokens/s" in lines[0] and "step" in lines[0], out.stdout
+
+
+def test_docstring_example():
+    import doctest
+
+    from axbench_hypersteer import flops
+
+    assert doctest.testmod(flops).failed == 0

@@ -10,7 +10,6 @@ import logging
 import re
 import shutil
 import signal
-import subprocess
 
 import pandas as pd
 import pytest
@@ -40,8 +39,8 @@ from trainer_helpers import (
     make_hs,
     method_entry,
     read_log,
+    run_group,
     start_train,
-    subprocess_env,
     tiny_base,
     train_cfg,
     train_steps,
@@ -215,11 +214,9 @@ def test_torchrun_two_ranks_train_and_save_once(saved_base, concept10_dir, tmp_p
     ranks = tmp_path / "ranks"
     ranks.mkdir()
     dump = tmp_path / "dump"
-    proc = subprocess.run(
-        [TORCHRUN, "--standalone", "--nproc_per_node=2", RUN_SCRIPT,
-         *_cli_args(config, concept10_dir, dump, "--method", "all")],
-        env=subprocess_env(HYPERSTEER_TEST_RANK_DIR=str(ranks)), capture_output=True,
-        text=True, timeout=150)
+    proc = run_group([TORCHRUN, "--standalone", "--nproc_per_node=2", RUN_SCRIPT,
+                      *_cli_args(config, concept10_dir, dump, "--method", "all")],
+                     timeout=150, HYPERSTEER_TEST_RANK_DIR=str(ranks))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("HyperSteerXAttn: 4 updates") == 1, proc.stdout  # rank 0 prints
 

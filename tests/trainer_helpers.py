@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -119,9 +120,9 @@ def subprocess_env(**extra) -> dict:
 
 
 def start_train(args: list[str], log_path: Path, **env) -> subprocess.Popen:
-    out = open(log_path, "ab")
-    return subprocess.Popen([PYTHON, RUN_SCRIPT, *args], cwd=REPO, env=subprocess_env(**env),
-                            stdout=out, stderr=subprocess.STDOUT)
+    with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([PYTHON, RUN_SCRIPT, *args], cwd=REPO,
+                                env=subprocess_env(**env), stdout=out, stderr=subprocess.STDOUT)
 
 
 def kill_after_step(proc: subprocess.Popen, train_log: Path, step: int, seen_before: int,
@@ -141,3 +142,17 @@ def kill_after_step(proc: subprocess.Popen, train_log: Path, step: int, seen_bef
         time.sleep(0.01)
     proc.kill()
     raise AssertionError(f"step {step} was not logged within {timeout}s")
+
+
+def run_group(cmd: list[str], timeout: float, **env) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session; on timeout kill the whole process group (torchrun's
+    workers survive a kill of torchrun alone) and fail."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(**env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{cmd[0]} hung for {timeout}s; stderr tail:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
