@@ -78,6 +78,33 @@ def _coerce(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's own message spans several lines with a caret)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(err).split())
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file",
+                      empty_ok: bool = False) -> dict:
+    """``yaml.safe_load`` of a file that must hold a mapping; every failure is a one-line
+    :class:`ConfigError` naming the file (safe_load: a YAML tag never constructs objects)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
+    if data is None and empty_ok:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 class _YamlMixin:
     """``from_dict`` / ``to_dict`` / YAML round trip shared by every config dataclass."""
 
@@ -93,19 +120,12 @@ class _YamlMixin:
 
     @classmethod
     def from_yaml(cls, path: str | Path):
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_yaml_mapping(path, empty_ok=True), where=str(path))
 
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from .fileio import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 @dataclass

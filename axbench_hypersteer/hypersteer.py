@@ -57,6 +57,7 @@ class HyperSteer(nn.Module):
                  backend: str = "pyvene"):
         super().__init__()
         config.validate_for(base_model.config)
+        check_tokenizer_fits(base_model, tokenizer)
         self.config = config
         self.tokenizer = tokenizer
         object.__setattr__(self, "base_model", base_model)  # not a submodule: never saved
@@ -251,6 +252,16 @@ class HyperSteer(nn.Module):
             raise ValueError(f"{directory / WEIGHTS_NAME}: weights do not fit the config "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
         return model.to(next(base_model.parameters()).device)
+
+
+def check_tokenizer_fits(base_model: nn.Module, tokenizer) -> None:
+    """A tokenizer with more ids than the embedding has rows fails later as an index error
+    deep inside torch; say so up front."""
+    rows = base_model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ConfigError(
+            f"tokenizer has {len(tokenizer)} tokens but the base model's embedding has only "
+            f"{rows} rows: tokenizer and model do not belong together")
 
 
 def check_base_matches(saved: dict, base_model: nn.Module, where: Path) -> None:

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from .config import ConfigError, HyperSteerConfig, InferenceConfig, JudgeConfig, TrainConfig
+from .config import ConfigError, read_yaml_mapping, HyperSteerConfig, InferenceConfig, JudgeConfig, TrainConfig
 
 # AxBench method name -> variant. Class names are the artifact keys; the snake_case aliases are
 # what users type (`--method hypersteer_xattn`).
@@ -143,26 +142,10 @@ def _split_method_keys(name: str, entry: dict, layer: int, seed: int, where: str
         raise ConfigError(f"{where}: {err}") from None
 
 
-def yaml_problem(err: yaml.YAMLError) -> str:
-    """One line for a YAML error (PyYAML's own message spans several lines with a caret)."""
-    problem = getattr(err, "problem", None)
-    mark = getattr(err, "problem_mark", None)
-    if problem and mark is not None:
-        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    return " ".join(str(err).split())
-
-
 def load_run_config(path: str | Path) -> RunConfig:
     """Parse and validate an AxBench-format YAML. Errors name the file and the key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with train/inference/evaluate sections")
+    raw = read_yaml_mapping(path)
     train = raw.get("train")
     if not isinstance(train, dict):
         raise ConfigError(f"{path}: missing 'train' section")

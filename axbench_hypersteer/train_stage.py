@@ -74,6 +74,10 @@ def train_method(run: RunConfig, spec: MethodSpec, data_dir: str | Path, dump_di
         model, tokenizer = load_base(run.model_name, dtype=dtype, device=str(info.device))
     else:
         model, tokenizer = base
+    try:  # before any data is read: a wrong layer should cost seconds, not a data load
+        spec.model.validate_for(model.config)
+    except ConfigError as err:
+        raise ConfigError(f"{run.path}: train.models.{spec.name}: {err}") from None
     cfg = spec.train
     frame = load_train_frame(data_dir, cfg.max_concepts, cfg.max_num_of_examples, seed=cfg.seed)
     train_frame, dev_frame = split_dev(frame, cfg.dev_examples)

@@ -124,6 +124,9 @@ def run_geometry(config_path: str | Path, out_dir: str | Path, *,
         raise DataError("geometry: need at least two concepts")
     _, prompts = load_prompts(run.inference.prompts_path)
     index = pairs(concepts, prompts, prompts_per_concept, seed)
+    if len(index) < 3:
+        raise DataError(f"geometry: {len(index)} (concept, prompt) pairs; t-SNE needs at least 3 "
+                        "(raise --prompts_per_concept or --max_concepts)")
 
     vectors: dict[str, np.ndarray] = {}
     for method in methods:
@@ -165,7 +168,7 @@ def run_geometry(config_path: str | Path, out_dir: str | Path, *,
     figures = {
         "pca": projection_figure(pca, labels, names, "PCA (2 components)"),
         "tsne": projection_figure(tsne, labels, names, f"t-SNE (perplexity "
-                                  f"{min(perplexity, max((len(index) - 1) / 3, 1)):g})"),
+                                  f"{min(perplexity, max((len(index) - 1) / 3, 1)):.3g})"),
         "cosine": cosine_figure(cosine, concept_names),
     }
     paths = {name: save_png(fig, out_dir / f"{name}.png") for name, fig in figures.items()}

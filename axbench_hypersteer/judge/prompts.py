@@ -13,9 +13,8 @@ import string
 from importlib import resources
 from pathlib import Path
 
-import yaml
 
-from axbench_hypersteer.config import ConfigError
+from axbench_hypersteer.config import ConfigError, read_yaml_mapping
 
 CRITERIA: tuple[str, ...] = ("concept", "instruction", "fluency")
 # The str.format fields each criterion's template must use (and may not go beyond).
@@ -43,14 +42,7 @@ def _fields_of(template: str, where: str) -> set[str]:
 def load_templates(path: str | Path | None = None) -> dict[str, str]:
     """Read and check the rubric file; a bad template fails here, before any paid judge call."""
     path = Path(path) if path is not None else default_templates_path()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: judge prompt file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of criterion -> template")
+    data = read_yaml_mapping(path, "judge prompt file")
     unknown = sorted(set(data) - set(CRITERIA))
     missing = [c for c in CRITERIA if c not in data]
     if unknown or missing:
