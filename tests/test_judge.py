@@ -428,6 +428,9 @@ def test_rerun_is_free_and_survives_a_torn_jsonl_line(tmp_path):
 
 def test_api_key_never_written_or_logged(tmp_path, fake_key, caplog, capsys):
     caplog.set_level(logging.DEBUG)
+    # The CLI quiets these loggers; an earlier in-process CLI test must not hide them from here.
+    for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
+        caplog.set_level(logging.DEBUG, logger=noisy)
     write_steering_data(tmp_path, n_concepts=1)
     script = [status(401), status(500), status(429, "0"), empty()]
     with FaultJudgeServer(script) as server:
