@@ -257,6 +257,8 @@ class HyperSteer(nn.Module):
 def check_tokenizer_fits(base_model: nn.Module, tokenizer) -> None:
     """A tokenizer with more ids than the embedding has rows fails later as an index error
     deep inside torch; say so up front."""
+    if tokenizer is None:  # tensor-level use (benchmarks): nothing to check
+        return
     rows = base_model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         raise ConfigError(
