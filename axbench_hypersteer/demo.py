@@ -101,8 +101,32 @@ def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path
         if server is not None:
             stop_offline_judge(server)
     report = write_report({"results": dump_dir}, dump_dir / "report")
+    print_steering_effect(dump_dir, spec.name)
     print(f"[demo] done in {time.perf_counter() - started:.0f} s; report: {report}")
     return report
+
+
+def print_steering_effect(dump_dir: Path, method: str) -> None:
+    """What the factor does, in two views the table hides: a random tiny LM never follows the
+    instruction, so its harmonic mean is 0 at every factor, yet the steering itself is visible."""
+    import json
+
+    import pandas as pd
+
+    by_factor: dict[float, list[float]] = {}
+    with open(dump_dir / "evaluate" / "steering.jsonl", encoding="utf-8") as f:
+        for line in f:
+            entry = json.loads(line)["results"]["LMJudgeEvaluator"][method]
+            for factor, score in zip(entry["factor"], entry["relevance_concept_ratings"]):
+                by_factor.setdefault(factor, []).append(score)
+    cells = ", ".join(f"{k:g}: {sum(v) / len(v):.2f}" for k, v in sorted(by_factor.items()))
+    print(f"[demo] concept score (0-2) by factor, mean over concepts: {cells}")
+    rows = pd.read_parquet(dump_dir / "inference" / "steering_data.parquet")
+    first = rows[(rows["concept_id"] == rows["concept_id"].min()) & (rows["input_id"] == 0)]
+    print(f"[demo] '{first['input_concept'].iloc[0]}' on {first['original_prompt'].iloc[0]!r}:")
+    for row in first.itertuples(index=False):
+        text = getattr(row, f"{method}_steered_generation").strip().replace("\n", " ")
+        print(f"         factor {row.factor:g}: {text[:90]!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

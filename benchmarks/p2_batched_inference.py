@@ -7,7 +7,9 @@ through ``generation.steer_rows`` (the code path of ``hypersteer inference`` and
 * per-concept: one generate call per concept holding all of that concept's prompts × factors
   (``--per-concept-batch 0``, the default), and, for reference, AxBench's own per-concept loop
   (``predict_steer`` per concept in batches of ``steering_batch_size`` = 10 rows);
-* batched: every concept's rows together, sorted by prompt length, ``--batch`` rows per call.
+* batched: every concept's rows together, sorted by prompt length, ``--batch`` rows per call;
+  and, for reference, the same at ``InferenceConfig.steering_batch_size`` (10, AxBench's value),
+  which is what ``hypersteer inference`` uses unless the config raises it.
 
 Target: per-concept ÷ batched >= 2 on CPU.
 
@@ -48,7 +50,7 @@ def main() -> None:
     parser.add_argument("--per-concept-batch", type=int, default=0,
                         help="rows per call in the per-concept loop (0: all of a concept's rows)")
     parser.add_argument("--no-axbench-loop", action="store_true",
-                        help="skip the AxBench-style batch-10 per-concept reference")
+                        help="skip the two batch-10 references (AxBench's loop, sorted batch 10)")
     C.common_args(parser, reps=3)
     args = parser.parse_args()
     C.start(args)
@@ -83,12 +85,14 @@ def main() -> None:
     sides = {"per_concept": per_concept, "batched": lambda: run(every, args.batch)}
     if not args.no_axbench_loop:
         sides["axbench"] = axbench_loop
+        sides["sorted10"] = lambda: run(every, AXBENCH_BATCH)
     times = C.interleaved(sides, reps=args.reps, warmup=0)
     main_ratio = C.ratio(times, "per_concept", "batched")
     extra = ""
     if "axbench" in times:
-        extra = (f"; AxBench-style loop (batch {AXBENCH_BATCH}) / batched "
-                 f"{C.ratio(times, 'axbench', 'batched'):.2f}x")
+        extra = (f"; AxBench-style per-concept loop (batch {AXBENCH_BATCH}) / batched "
+                 f"{C.ratio(times, 'axbench', 'batched'):.2f}x, / all concepts sorted in batches "
+                 f"of {AXBENCH_BATCH} {C.ratio(times, 'axbench', 'sorted10'):.2f}x")
     h, n, _, layer, blocks = C.MODELS[args.model]
     per = args.per_concept_batch or len(by_concept[0])
     print(f"P2 per-concept/batched inference: {main_ratio:.2f}x ({len(every)} rows = "

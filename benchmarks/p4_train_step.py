@@ -59,10 +59,11 @@ def step_fns(model, hs, batch):
     def one_pass(side):
         def run():
             h, opt = hs[side], opts[side]
-            out = h(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
-                    batch["hyper_attention_mask"], labels=batch["labels"],
-                    context_mask=batch["context_mask"])
-            out.loss.backward()
+            # keep only the loss, as the two-pass side does (not the [B, T, vocab] logits)
+            loss = h(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
+                     batch["hyper_attention_mask"], labels=batch["labels"],
+                     context_mask=batch["context_mask"]).loss
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return run
