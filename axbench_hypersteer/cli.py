@@ -5,6 +5,7 @@
     hypersteer train      one hypernetwork over all concepts
     hypersteer inference  steering-factor sweep → inference/steering_data.parquet
     hypersteer evaluate   LLM judge → evaluate/{mode}.jsonl
+    hypersteer steering-loss  judge-free: steered loss on reference answers per factor
     hypersteer report     best factor on `steering`, score on `steering_test`, tables and plots
 
 Errors a user can fix (bad config, bad data, missing checkpoint, judge unreachable) are printed
@@ -24,6 +25,7 @@ COMMANDS = {
     "train": "axbench_hypersteer.train_stage",
     "inference": "axbench_hypersteer.inference_stage",
     "evaluate": "axbench_hypersteer.evaluate",
+    "steering-loss": "axbench_hypersteer.steering_loss",
     "report": "axbench_hypersteer.report",
 }
 

@@ -43,6 +43,7 @@ from ..data import (IGNORE_INDEX, NEGATIVE_ID, DataError, SteeringCollator, form
                     train_parquet_files)
 from ..fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 from ..hypersteer import HyperSteer
+from ..steering_loss import EVAL_COLUMNS, example_losses, prompt_fits as _prompt_fits  # noqa: F401
 from ..run_config import MethodSpec, RunConfig
 from ..tiny import load_base
 from ..train_stage import is_trained, method_dir, train_method
@@ -50,7 +51,6 @@ from ..train_stage import is_trained, method_dir, train_method
 logger = logging.getLogger(__name__)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-EVAL_COLUMNS = ("concept_id", "concept", "input", "output")
 JUDGE_MODES = ("none", "api", "offline")
 
 
@@ -336,59 +336,6 @@ def with_overrides(spec: MethodSpec, model: dict | None = None,
 
 
 # ------------------------------------------------------------------------------ steering loss
-
-
-def _prompt_fits(tokenizer, frame: pd.DataFrame, max_length: int) -> np.ndarray:
-    lengths = [len(ids) for ids in tokenizer([format_prompt(tokenizer, x) for x in frame["input"]],
-                                             add_special_tokens=True)["input_ids"]]
-    return np.asarray(lengths) < max_length
-
-
-@torch.no_grad()
-def example_losses(hs: HyperSteer, frame: pd.DataFrame, batch_size: int, max_length: int,
-                   factor: float = 1.0, autocast: contextlib.AbstractContextManager | None = None
-                   ) -> pd.DataFrame:
-    """Per example: the steered base model's mean cross-entropy over its answer tokens.
-
-    Returns ``concept_id, loss, n_tokens`` (one row per example whose prompt leaves room for an
-    answer token within ``max_length``; longer ones are dropped with a warning).
-    """
-    if frame is None or len(frame) == 0:
-        return pd.DataFrame(columns=["concept_id", "loss", "n_tokens"])
-    fits = _prompt_fits(hs.tokenizer, frame, max_length)
-    if not fits.all():
-        logger.warning("dropping %d of %d evaluation examples whose prompt is >= max_length=%d "
-                       "tokens", int((~fits).sum()), len(frame), max_length)
-        frame = frame[fits]
-    hypernet_text = hs.hypernet_text if hs.config.variant == "incontext" else None
-    collate = SteeringCollator(hs.tokenizer, max_length, hypernet_text)
-    rows = [{"concept_id": int(r.concept_id), "concept": r.concept, "input": r.input,
-             "output": r.output} for r in frame[list(EVAL_COLUMNS)].itertuples(index=False)]
-    device = hs.device
-    was_training = hs.hypernet.training
-    hs.hypernet.eval()
-    out_rows = []
-    try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in collate(chunk).items()}
-            factors = torch.full((len(chunk),), float(factor), device=device)
-            with autocast or contextlib.nullcontext():
-                out = hs(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
-                         batch["hyper_attention_mask"], context_mask=batch["context_mask"],
-                         factors=factors)
-            labels = batch["labels"][:, 1:]
-            mask = labels != IGNORE_INDEX
-            nll = F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2),
-                                  labels.clamp(min=0), reduction="none")
-            counts = mask.sum(-1)
-            losses = (nll * mask).sum(-1) / counts.clamp(min=1)
-            for row, loss, count in zip(chunk, losses.tolist(), counts.tolist()):
-                out_rows.append({"concept_id": row["concept_id"], "loss": loss,
-                                 "n_tokens": int(count)})
-    finally:
-        hs.hypernet.train(was_training)
-    return pd.DataFrame(out_rows, columns=["concept_id", "loss", "n_tokens"])
 
 
 def loss_summary(losses: pd.DataFrame) -> dict[str, float]:
