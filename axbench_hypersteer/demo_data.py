@@ -57,7 +57,8 @@ def build_frames(seed: int = 0, per_concept: int = 24) -> tuple[pd.DataFrame, li
     rng = random.Random(seed)
     rows, metadata = [], []
     for cid, (concept, (genre, words)) in enumerate(CONCEPTS.items()):
-        metadata.append({"concept_id": cid, "concept": concept, "ref": "demo",
+        # AxBench's inference parses an integer SAE id after the last "/" of `ref`.
+        metadata.append({"concept_id": cid, "concept": concept, "ref": f"hypersteer-demo/{cid}",
                          "concept_genres_map": {concept: [genre]}})
         for i in range(per_concept):
             a, b, c, d = rng.sample(words, 4)
