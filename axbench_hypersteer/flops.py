@@ -51,7 +51,7 @@ to the FLOP, RoPE's outer product aside).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 CONVENTIONS = ("exact", "nanogpt")
@@ -334,7 +334,7 @@ class ScalingRow:
     vector: int                    # one new vector (hypernet forward + shared base prefix)
     amortised_per_concept: int     # (train_total + served · vector) / served
     baseline_per_concept: int      # one per-concept steering vector
-    ratio: float = field(default=0.0)  # amortised / baseline
+    ratio: float                   # amortised / baseline
 
 
 def flops_per_concept_table(base: LMShapes, arch: HypernetShapes, steering_layer: int,

@@ -112,7 +112,11 @@ class HyperSteer(nn.Module):
         """Vectors from the layer output about to be steered: one base pass serves both."""
         def fn(hidden: torch.Tensor) -> torch.Tensor:  # hidden [B, T, d], pre-steering
             mask = context_mask[:, : hidden.shape[1]].to(hidden.device)
-            return self.hypernet(hyper_ids, hyper_mask, context=hidden, context_mask=mask)
+            # Keys/values only up to the last readable position of any row: in training the
+            # answer tokens (right of every prompt) would be projected and then masked anyway.
+            width = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else mask.shape[1]
+            return self.hypernet(hyper_ids, hyper_mask, context=hidden[:, :width],
+                                 context_mask=mask[:, :width])
         return fn
 
     def _uses_context_layer_directly(self) -> bool:

@@ -45,7 +45,8 @@ def main() -> None:
     nano = per_concept_vector_flops(g, args.layer,
                                     PerConceptAssumptions(**base, convention="nanogpt"))
     print(f"P3 new-concept vector / per-concept vector FLOPs (Gemma-2-2B, layer {args.layer}, "
-          f"{args.blocks}-block xattn hypernet): {vec.total / exact:.2e} = 1/{exact / vec.total:.0f} "
+          f"{args.blocks}-block xattn hypernet): {vec.total / exact:.2e} = "
+          f"1/{exact / vec.total:.0f} "
           f"[vector {format_flops(vec.total)} = hypernet {format_flops(vec.hypernet)} + base "
           f"blocks 0..{args.layer} {format_flops(vec.base_prefix)} shared with generation; "
           f"hypernet alone 1/{exact / vec.hypernet:.0f}; per-concept vector "
@@ -53,12 +54,16 @@ def main() -> None:
           f"{args.prompt_tokens}+{args.output_tokens} tokens; 6NT convention "
           f"{format_flops(nano)} -> 1/{nano / vec.total:.0f})] | target <= 1/1000")
     if args.table:
+        scenarios = (("3-epoch schedule (batch 12)", None, 0, [10, 100, 1000, 16000]),
+                     ("fixed 5000-step budget", 5000, 0, [10, 100, 1000, 16000]),
+                     ("3 epochs on 16000 concepts, then 100000 unseen served", None, 100_000,
+                      [16000]))
         for conv in ("exact", "nanogpt"):
             a = PerConceptAssumptions(**base, convention=conv)
-            print(f"  per-concept FLOPs vs training concepts ({conv}; 3-epoch schedule, batch 12; "
-                  f"then a fixed 5000-step budget; then 10 concepts trained + 10000 served):")
-            for budget, unseen in ((None, 0), (5000, 0), (None, 10000)):
-                for r in flops_per_concept_table(g, arch, args.layer, [10, 100, 1000, 16000], a,
+            print(f"  FLOPs per concept ({conv} counting):")
+            for title, budget, unseen, counts in scenarios:
+                print(f"   {title}:")
+                for r in flops_per_concept_table(g, arch, args.layer, counts, a,
                                                  steering_tokens=args.steering_tokens,
                                                  budget_steps=budget, unseen_concepts=unseen):
                     print(f"    c={r.concepts:>6} steps={r.steps:>7} train/concept="
@@ -66,9 +71,6 @@ def main() -> None:
                           f"{format_flops(r.amortised_per_concept):>12} "
                           f"vs per-concept vector {format_flops(r.baseline_per_concept)} "
                           f"({r.ratio:.3g}x)")
-                    if unseen:
-                        break
-
 
 if __name__ == "__main__":
     main()
