@@ -113,6 +113,19 @@ def _entry(results: Mapping | None, evaluator: str, method: str, where: str) -> 
     return entry
 
 
+def _judge_ratings(records: Records, method: str, source: str):
+    """Yield ``(concept_id, where, factors | None, lm_judge_rating values)`` per concept that
+    has an entry for ``method``."""
+    for cid in sorted(records):
+        where = f"{source}: concept {cid}, {JUDGE}.{method}"
+        entry = _entry(records[cid], JUDGE, method, where)
+        if entry is None:
+            continue
+        factors = _factors(entry, where)
+        ratings = _values(entry, "lm_judge_rating", where, None if factors is None else len(factors))
+        yield cid, where, factors, ratings
+
+
 def select_best_factors(selection_records: Records | str | Path, method: str,
                         source: str | None = None) -> dict[int, float | None]:
     """Per concept, the factor with the highest mean judge score on the selection split.
@@ -123,13 +136,7 @@ def select_best_factors(selection_records: Records | str | Path, method: str,
     """
     records, source = _as_records(selection_records, source, SELECTION_FILE)
     best: dict[int, float | None] = {}
-    for cid in sorted(records):
-        where = f"{source}: concept {cid}, {JUDGE}.{method}"
-        entry = _entry(records[cid], JUDGE, method, where)
-        if entry is None:
-            continue
-        factors = _factors(entry, where)
-        ratings = _values(entry, "lm_judge_rating", where, None if factors is None else len(factors))
+    for cid, where, factors, ratings in _judge_ratings(records, method, source):
         if factors is None or (method in FACTOR_FREE_METHODS and len(factors) > 1):
             best[cid] = None
         elif np.isnan(ratings).all():
@@ -310,13 +317,7 @@ def selection_curves(dump_dir: str | Path) -> dict[str, tuple[np.ndarray | None,
     curves: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
     for method in _methods(records):
         points, flat = [], []
-        for cid in sorted(records):
-            where = f"{path}: concept {cid}, {JUDGE}.{method}"
-            entry = _entry(records[cid], JUDGE, method, where)
-            if entry is None:
-                continue
-            factors = _factors(entry, where)
-            ratings = _values(entry, "lm_judge_rating", where, None if factors is None else len(factors))
+        for _, _, factors, ratings in _judge_ratings(records, method, str(path)):
             if factors is None:
                 flat.extend(ratings)
             else:
