@@ -28,7 +28,7 @@ DEMO_CONFIG = {
         "model_name": None,  # filled with the saved tiny model's directory
         "layer": 2, "component": "res", "seed": 42, "use_bf16": False,
         "models": {"HyperSteerXAttn": {
-            "batch_size": 8, "n_epochs": 6, "lr": 5e-3, "warmup_ratio": 0.05,
+            "batch_size": 8, "n_epochs": 20, "lr": 5e-3, "warmup_ratio": 0.05,
             "num_blocks": 2, "cross_attention_heads": 4, "max_length": 128,
             "dev_examples": 8, "eval_every": 20, "checkpoint_every": 20,
         }},
