@@ -51,6 +51,31 @@ def generation_perplexity(model, prompt_ids: torch.Tensor, prompt_mask: torch.Te
 
 
 @torch.no_grad()
+def row_vectors(hs: HyperSteer, rows: Sequence[SteerRow], batch_size: int) -> torch.Tensor:
+    """Steering vectors [N, d] for ``rows``, computed once per distinct hypernetwork input.
+
+    A factor sweep repeats each (concept, prompt) once per factor and the vector does not depend
+    on the factor; the no-context variant's vector does not even depend on the prompt. With 14
+    factors this runs the hypernetwork on 1/14 of the rows (or fewer).
+    """
+    reads_prompt = hs.config.variant == "xattn"
+    keys = [(hs.hypernet_text(r.steering_prompt, r.raw_prompt), r.prompt if reads_prompt else "")
+            for r in rows]
+    unique = list(dict.fromkeys(keys))
+    chunks = []
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start:start + batch_size]
+        hyper_ids, hyper_mask = hs.encode_hypernet([text for text, _ in chunk])
+        ids = mask = None
+        if reads_prompt:
+            ids, mask = _encode_left(hs.tokenizer, [prompt for _, prompt in chunk], hs.device)
+        chunks.append(hs.compute_vectors(hyper_ids, hyper_mask, ids, mask))
+    table = torch.cat(chunks)
+    position = {key: i for i, key in enumerate(unique)}
+    return table[torch.tensor([position[key] for key in keys], device=table.device)]
+
+
+@torch.no_grad()
 def steer_rows(hs: HyperSteer, rows: Sequence[SteerRow], batch_size: int, max_new_tokens: int,
                temperature: float = 1.0, seed: int = 42,
                compute_perplexity: bool = True) -> dict[str, list]:
@@ -62,24 +87,23 @@ def steer_rows(hs: HyperSteer, rows: Sequence[SteerRow], batch_size: int, max_ne
     perplexities: list[float] = [float("nan")] * len(rows)
     strengths: list[float] = [float("nan")] * len(rows)
     sampling = temperature > 0
+    vectors = row_vectors(hs, rows, batch_size)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = [rows[i] for i in idx]
         ids, mask = _encode_left(tok, [r.prompt for r in batch], hs.device)
-        hyper_ids, hyper_mask = hs.encode_hypernet(
-            [hs.hypernet_text(r.steering_prompt, r.raw_prompt) for r in batch])
         factors = torch.tensor([r.factor for r in batch], dtype=torch.float32, device=hs.device)
         gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sampling,
                           pad_token_id=tok.pad_token_id)
         if sampling:
             gen_kwargs["temperature"] = temperature
             torch.manual_seed(seed + start)
-        new, vectors = hs.generate_ids(ids, mask, hyper_ids, hyper_mask, factors,
-                                       return_vectors=True, **gen_kwargs)
+        batch_vectors = vectors[torch.tensor(idx, device=vectors.device)]
+        new = hs.generate_ids(ids, mask, None, None, factors, vectors=batch_vectors, **gen_kwargs)
         texts = tok.batch_decode(new, skip_special_tokens=True)
         ppl = (generation_perplexity(hs.base_model, ids, mask, new, tok.pad_token_id)
                if compute_perplexity else [float("nan")] * len(batch))
-        norms = (factors.abs() * vectors.float().norm(dim=-1)).tolist()
+        norms = (factors.abs() * batch_vectors.float().norm(dim=-1)).tolist()
         for j, i in enumerate(idx):
             generations[i], perplexities[i], strengths[i] = texts[j], ppl[j], norms[j]
     return {"steered_generation": generations, "perplexity": perplexities, "strength": strengths}

@@ -192,13 +192,20 @@ class HyperSteer(nn.Module):
 
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     hyper_input_ids: torch.Tensor, hyper_attention_mask: torch.Tensor,
+                     hyper_input_ids: torch.Tensor | None, hyper_attention_mask: torch.Tensor | None,
                      factors: torch.Tensor, return_vectors: bool = False,
+                     vectors: torch.Tensor | None = None,
                      **gen_kwargs) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Steered generation from left-padded prompt tokens; returns only the new tokens
-        (and the [B, d] steering vectors used, computed once at prefill, if asked)."""
-        source = self._source(factors.to(self.device), hyper_input_ids, hyper_attention_mask,
-                              input_ids, attention_mask, None)
+        """Steered generation from left-padded prompt tokens; returns only the new tokens (and
+        the [B, d] steering vectors used, if asked). Without ``vectors`` they are computed once
+        at prefill; given ``vectors`` [B, d] (e.g. shared by the rows of a factor sweep), the
+        hypernetwork does not run and the hypernetwork inputs may be None."""
+        factors = factors.to(self.device)
+        if vectors is not None:
+            source = SteeringSource(factors, delta=vectors.to(self.device))
+        else:
+            source = self._source(factors, hyper_input_ids, hyper_attention_mask,
+                                  input_ids, attention_mask, None)
         gen_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         out = self.steerer.generate(source, input_ids, attention_mask, **gen_kwargs)
         new = out[:, input_ids.shape[1]:]
