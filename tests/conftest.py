@@ -19,6 +19,13 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "axbench-data"
 CONCEPT10_2B = SHARED_DATA / "concept10" / "prod_2b_l20_v1"
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread_per_test():
+    """Keep every test on one intra-op thread even if code under test changed the setting."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_tiny_tokenizer()

@@ -48,16 +48,6 @@ def no_hooks_left(model) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: per-op overhead dominates, and a second intra-op thread only
-    adds OpenMP spinning (10x slower when the CPUs are shared). Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def gemma(tokenizer):
     """The conftest tiny Gemma-2 (same seed and size), shared by tests that do not modify it."""

@@ -38,16 +38,6 @@ LAYER = 2
 METHODS = ["HyperSteerNoContext", "HyperSteerXAttn"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than
-    two that contend with other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def base(tokenizer, tmp_path_factory):
     """The tiny Gemma-2 (4 blocks), saved so configs can name it; returns (dir, (model, tok))."""

@@ -34,14 +34,6 @@ ROWS = [  # different prompt and answer lengths, so the batch is padded on the r
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: a second thread only adds spinning
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def base(tokenizer):
     return build_tiny_gemma2(tokenizer, hidden_size=64, num_layers=4, seed=0)

@@ -48,14 +48,6 @@ from trainer_helpers import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def saved_base(tmp_path_factory, tokenizer):
     """The tiny base model on disk, so CLI runs load it in a blink instead of retraining the
