@@ -225,9 +225,14 @@ class StepFlops:
 def training_step_flops(base: LMShapes, arch: HypernetShapes, steering_layer: int,
                         batch_size: int, tokens: int, steering_tokens: int,
                         context_layer: int | None = None, context_tokens: int | None = None,
-                        two_pass: bool = False, convention: str = "exact") -> StepFlops:
+                        two_pass: bool = False, convention: str = "exact",
+                        head_tokens: int | None = None) -> StepFlops:
     """One HyperSteer training step on ``batch_size`` rows of ``tokens`` base tokens (prompt +
     answer) and ``steering_tokens`` hypernetwork tokens.
+
+    ``head_tokens`` is how many positions per row the steered pass projects onto the vocabulary
+    (default ``tokens``, HF's ``labels=`` loss; the trainer's answer-only loss projects the
+    labelled positions alone, see ``answer_loss``).
 
     ``context_tokens`` is how many base positions the cross-attention projects (default
     ``tokens``: this implementation projects the whole sequence and masks the answer).
@@ -245,7 +250,10 @@ def training_step_flops(base: LMShapes, arch: HypernetShapes, steering_layer: in
     ctx = T if context_tokens is None else context_tokens
     above = L - 1 - steering_layer  # blocks the gradient flows back through
     bwd_blocks = above * block(base, T, input_grad=True, convention=convention)
-    bwd_head = lm_head(base, T, input_grad=True, convention=convention)
+    H = T if head_tokens is None else head_tokens
+    if not 0 < H <= T:
+        raise ValueError(f"head_tokens {H} must lie in [1, tokens={T}]")
+    bwd_head = lm_head(base, H, input_grad=True, convention=convention)
     hyper = hypernet_cost(base, arch, steering_tokens, ctx if arch.cross_attention else 0,
                           train=True, convention=convention)
     context_fwd = extra = 0
@@ -254,7 +262,7 @@ def training_step_flops(base: LMShapes, arch: HypernetShapes, steering_layer: in
     elif arch.cross_attention and c < steering_layer:
         context_fwd = base_forward(base, T, blocks=c + 1, head=False)
     return StepFlops(
-        base_forward=B * base_forward(base, T),
+        base_forward=B * (base_forward(base, T, head=False) + lm_head(base, H).forward),
         base_backward=B * (bwd_blocks.backward + bwd_head.backward),
         hypernet_forward=B * hyper.forward,
         hypernet_backward=B * hyper.backward,
@@ -352,7 +360,9 @@ def flops_per_concept_table(base: LMShapes, arch: HypernetShapes, steering_layer
     vector (hypernet forward + the base prefix, over one base prompt).
     """
     a = assumptions
+    # the trainer's step: cross-attention over the prompt, LM head on the answer tokens
     step = training_step_flops(base, arch, steering_layer, batch_size, a.tokens, steering_tokens,
+                               context_tokens=a.prompt_tokens, head_tokens=a.output_tokens,
                                convention=a.convention).total
     vector = new_concept_vector_flops(base, arch, steering_tokens, a.prompt_tokens,
                                       steering_layer).total

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .answer_loss import answer_loss, has_plain_head
 from .config import ConfigError, HyperSteerConfig
 from .data import SteeringCollator, format_prompt
 from .fileio import atomic_write_json, load_tensors, read_json, save_tensors
@@ -33,7 +34,7 @@ WEIGHTS_NAME = "hypernet.safetensors"
 @dataclass
 class SteeredOutput:
     loss: torch.Tensor | None   # causal-LM loss on the labelled tokens (None without labels)
-    logits: torch.Tensor         # [B, T, vocab]
+    logits: torch.Tensor | None  # [B, T, vocab]; None when only the loss was asked for
     steering_vectors: torch.Tensor  # [B, d_model], before the factor
 
 
@@ -172,12 +173,14 @@ class HyperSteer(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 hyper_input_ids: torch.Tensor, hyper_attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                factors: torch.Tensor | None = None) -> SteeredOutput:
+                factors: torch.Tensor | None = None, return_logits: bool = True) -> SteeredOutput:
         """One steered pass of the frozen base model (training and scoring).
 
         input_ids, attention_mask, labels: [B, T]; context_mask: [B, T] bool, the base positions
         the cross-attention reads (default: all non-pad); factors: [B] (default 1.0 = the scale
-        the hypernetwork is trained at).
+        the hypernetwork is trained at). With labels and ``return_logits=False`` (training), the
+        LM head runs on the labelled positions only (``answer_loss``): same loss, no
+        ``[B, T, vocab]`` logits.
         """
         if factors is None:
             factors = torch.ones(input_ids.shape[0], device=input_ids.device)
@@ -185,6 +188,10 @@ class HyperSteer(nn.Module):
                               input_ids, attention_mask, context_mask)
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=_positions(attention_mask), use_cache=False)
+        if labels is not None and not return_logits and has_plain_head(self.base_model):
+            out = self.steerer.forward(source, decoder_only=True, **kwargs)
+            loss = answer_loss(self.base_model, out.last_hidden_state, labels)
+            return SteeredOutput(loss, None, source.delta)
         if labels is not None:
             kwargs["labels"] = labels
         out = self.steerer.forward(source, **kwargs)

@@ -108,31 +108,47 @@ class Steerer:
         self.layer = layer
         self.backend = backend
         self._pv = None
+        self._pv_decoder = None
 
     @property
     def intervenable(self):
+        """pyvene wrapper of the causal LM (decoder + LM head)."""
         if self._pv is None:
-            pv = _import_pyvene()
-            component = f"{self.model.base_model_prefix}.layers[{self.layer}].output"
-            iv = _intervention_class()(embed_dim=self.model.config.hidden_size,
-                                       low_rank_dimension=1)
-            cfg = pv.IntervenableConfig(representations=[{
-                "layer": self.layer, "component": component,
-                "low_rank_dimension": 1, "intervention": iv,
-            }])
-            # pyvene freezes the wrapped model (requires_grad=False, eval()) at construction.
-            self._pv = pv.IntervenableModel(cfg, self.model)
+            self._pv = self._wrap(self.model, f"{self.model.base_model_prefix}.layers[{self.layer}]")
         return self._pv
 
-    def forward(self, source: SteeringSource, **model_kwargs):
-        """A steered forward pass; returns the HF model output (with ``loss`` when labels given)."""
+    @property
+    def decoder_intervenable(self):
+        """pyvene wrapper of the decoder stack alone (no LM head), for callers that apply the
+        head themselves to a subset of positions."""
+        if self._pv_decoder is None:
+            self._pv_decoder = self._wrap(self.model.base_model, f"layers[{self.layer}]")
+        return self._pv_decoder
+
+    def _wrap(self, module: nn.Module, block_path: str):
+        pv = _import_pyvene()
+        iv = _intervention_class()(embed_dim=self.model.config.hidden_size, low_rank_dimension=1)
+        cfg = pv.IntervenableConfig(representations=[{
+            "layer": self.layer, "component": f"{block_path}.output",
+            "low_rank_dimension": 1, "intervention": iv,
+        }])
+        # pyvene freezes the wrapped model (requires_grad=False, eval()) at construction.
+        return pv.IntervenableModel(cfg, module)
+
+    def forward(self, source: SteeringSource, decoder_only: bool = False, **model_kwargs):
+        """A steered forward pass; returns the HF model output (with ``loss`` when labels given).
+
+        ``decoder_only=True`` runs the decoder stack without the LM head and returns its output
+        (``last_hidden_state``, final norm applied): a training step that needs the loss only at
+        the answer tokens then projects just those positions onto the vocabulary.
+        """
+        target = self.model.base_model if decoder_only else self.model
         if self.backend == "hook":
             with steering_hook(self.model, self.layer, source):
-                return self.model(**model_kwargs)
+                return target(**model_kwargs)
+        wrapper = self.decoder_intervenable if decoder_only else self.intervenable
         with _keep_foreign_hooks(self.model):
-            _, out = self.intervenable(
-                base=model_kwargs, unit_locations=None, subspaces=[{"steer": source}]
-            )
+            _, out = wrapper(base=model_kwargs, unit_locations=None, subspaces=[{"steer": source}])
         return out
 
     def generate(self, source: SteeringSource, input_ids: torch.Tensor,

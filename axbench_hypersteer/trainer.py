@@ -174,7 +174,8 @@ class Trainer:
             else:
                 out = self.net(batch["input_ids"], batch["attention_mask"],
                                batch["hyper_input_ids"], batch["hyper_attention_mask"],
-                               labels=batch["labels"], context_mask=batch["context_mask"])
+                               labels=batch["labels"], context_mask=batch["context_mask"],
+                               return_logits=False)
                 delta, lm = out.steering_vectors, out.loss
         parts: dict[str, float] = {}
         loss = torch.zeros((), device=self.dist.device)

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             out = hs(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
                      batch["hyper_attention_mask"], labels=batch["labels"],
-                     context_mask=batch["context_mask"])
+                     context_mask=batch["context_mask"], return_logits=False)  # as the trainer
         out.loss.float().backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -181,7 +181,9 @@ def main(argv=None) -> int:
     B, T = batch["input_ids"].shape
     cfg = hs.config
     flops = training_step_flops(LMShapes.from_config(model.config), HypernetShapes(cfg.num_blocks),
-                                cfg.steering_layer, B, T, args.steering_tokens).total
+                                cfg.steering_layer, B, T, args.steering_tokens,
+                                context_tokens=args.prompt_tokens,
+                                head_tokens=args.answer_tokens).total
     name = torch.cuda.get_device_name() if cuda else "cpu"
     mem = (f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB max allocated"
            if cuda else "memory n/a on cpu")

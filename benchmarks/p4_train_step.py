@@ -3,8 +3,11 @@
 A step is forward, backward and AdamW on the hypernetwork, for a batch of 12 Concept10 training
 examples (right padded, context = prompt tokens). Sides, interleaved in one process:
 
-* one-pass (hook / pyvene): ``HyperSteer.forward`` - the hypernetwork reads block l's output
-  inside the steered pass;
+* one-pass (hook / pyvene): ``HyperSteer.forward`` as the trainer calls it - the hypernetwork
+  reads block l's output inside the steered pass, and the LM head runs on the answer tokens only
+  (``return_logits=False``);
+* one-pass, full logits: the same with Hugging Face's ``labels=`` loss over all positions, to
+  separate the two savings;
 * two-pass: the published design - a full unsteered forward of the base model (all blocks and the
   LM head, ``output_hidden_states``), the hypernetwork on ``hidden_states[l+1]``, then the steered
   forward through a plain hook.
@@ -30,7 +33,7 @@ from axbench_hypersteer.data import SteeringCollator
 from axbench_hypersteer.flops import HypernetShapes, LMShapes, training_step_flops
 from axbench_hypersteer.steering import SteeringSource, steering_hook
 
-SIDES = ("one_pass_hook", "one_pass_pyvene", "two_pass")
+SIDES = ("one_pass_hook", "one_pass_pyvene", "one_pass_full_head", "two_pass")
 
 
 def setup(args):
@@ -40,7 +43,7 @@ def setup(args):
     tokenizer = build_tiny_tokenizer()
     model, hs_pv = C.build(args.model, tokenizer, backend="pyvene")
     hs = {"one_pass_pyvene": hs_pv}
-    for side in ("one_pass_hook", "two_pass"):
+    for side in ("one_pass_hook", "one_pass_full_head", "two_pass"):
         hs[side] = C.HyperSteer.from_base(model, tokenizer, hs_pv.config, backend="hook")
         hs[side].hypernet.load_state_dict(hs_pv.hypernet.state_dict())
     rows = C.concept10()[1]
@@ -56,13 +59,12 @@ def step_fns(model, hs, batch):
         h.hypernet.train()
         opts[side] = torch.optim.AdamW(h.hypernet.parameters(), lr=8e-5, weight_decay=0.0)
 
-    def one_pass(side):
+    def one_pass(side, answer_head=True):
         def run():
             h, opt = hs[side], opts[side]
-            # keep only the loss, as the two-pass side does (not the [B, T, vocab] logits)
             loss = h(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
                      batch["hyper_attention_mask"], labels=batch["labels"],
-                     context_mask=batch["context_mask"]).loss
+                     context_mask=batch["context_mask"], return_logits=not answer_head).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -86,7 +88,9 @@ def step_fns(model, hs, batch):
         opt.zero_grad(set_to_none=True)
 
     return {"one_pass_hook": one_pass("one_pass_hook"),
-            "one_pass_pyvene": one_pass("one_pass_pyvene"), "two_pass": two_pass}
+            "one_pass_pyvene": one_pass("one_pass_pyvene"),
+            "one_pass_full_head": one_pass("one_pass_full_head", answer_head=False),
+            "two_pass": two_pass}
 
 
 def _rss_kb(key: str) -> int:
@@ -140,15 +144,22 @@ def main() -> None:
     times = C.interleaved(step_fns(model, hs, batch), reps=args.reps, warmup=2)
     one_two = C.ratio(times, "one_pass_hook", "two_pass")
     pv_one_two = C.ratio(times, "one_pass_pyvene", "two_pass")
+    full_head_two = C.ratio(times, "one_pass_full_head", "two_pass")
     pv_hook = C.ratio(times, "one_pass_pyvene", "one_pass_hook")
     B, T = batch["input_ids"].shape
     S = batch["hyper_input_ids"].shape[1]
+    answer = round(int((batch["labels"][:, 1:] != -100).sum()) / B)
     cfg = hs["two_pass"].config
     shapes = LMShapes.from_config(model.config)
     arch = HypernetShapes(cfg.num_blocks)
-    analytic = (training_step_flops(shapes, arch, cfg.steering_layer, B, T, S).total
-                / training_step_flops(shapes, arch, cfg.steering_layer, B, T, S,
-                                      two_pass=True).total)
+    ctx = int(batch["context_mask"].any(0).nonzero().max()) + 1
+
+    def flops(**kw):
+        return training_step_flops(shapes, arch, cfg.steering_layer, B, T, S, **kw).total
+
+    two = flops(two_pass=True)
+    analytic = flops(context_tokens=ctx, head_tokens=answer) / two
+    analytic_full_head = flops(context_tokens=ctx) / two
     mem = ""
     if not args.no_memory:
         peaks = {side: peak_mb(side, args) for side in SIDES}
@@ -156,13 +167,15 @@ def main() -> None:
             f"{s} {'?' if v is None else f'{v:.0f} MB'}" for s, v in peaks.items())
     h, n, _, layer, blocks = C.MODELS[args.model]
     print(f"P4 train step: one-pass/two-pass {one_two:.3f} (pyvene one-pass/two-pass "
-          f"{pv_one_two:.3f}; analytic FLOPs {analytic:.3f}), pyvene/hook {pv_hook:.3f} "
-          f"[medians: hook {C.median_ms(times['one_pass_hook']):.0f} ms, pyvene "
-          f"{C.median_ms(times['one_pass_pyvene']):.0f} ms, two-pass "
+          f"{pv_one_two:.3f}; analytic FLOPs {analytic:.3f}; one-pass with the full-logits HF "
+          f"loss {full_head_two:.3f}, analytic {analytic_full_head:.3f}), pyvene/hook "
+          f"{pv_hook:.3f} [medians: hook {C.median_ms(times['one_pass_hook']):.0f} ms, pyvene "
+          f"{C.median_ms(times['one_pass_pyvene']):.0f} ms, full-logits "
+          f"{C.median_ms(times['one_pass_full_head']):.0f} ms, two-pass "
           f"{C.median_ms(times['two_pass']):.0f} ms]{mem} | {args.model}(d{h},L{n},l{layer},"
-          f"N{blocks}) batch {B}x{T} tokens, hypernet {S} tokens, fp32, {args.threads} thread(s), "
-          f"median of {args.reps} | targets <= 0.6, <= 1.1 | load {C.load()}")
-
+          f"N{blocks}) batch {B}x{T} tokens ({answer} labelled per row), hypernet {S} tokens, "
+          f"fp32, {args.threads} thread(s), median of {args.reps} | targets <= 0.6, <= 1.1 | "
+          f"load {C.load()}")
 
 if __name__ == "__main__":
     main()

@@ -182,6 +182,14 @@ def test_training_step_matches_flop_counter(tiny_model, tokenizer, context_layer
                                    context_layer=context_layer)
     assert _counted(step) == expected.total
 
+    def answer_only_step():  # the trainer's loss: the LM head on the 5 labelled positions per row
+        hs(ids, mask, hyper_ids, hyper_mask, labels=labels, return_logits=False).loss.backward()
+
+    assert _counted(answer_only_step) == training_step_flops(
+        shapes, HypernetShapes(2), 2, B, T, S, context_layer=context_layer, head_tokens=5).total
+    assert training_step_flops(shapes, HypernetShapes(2), 2, B, T, S, head_tokens=5).total \
+        < expected.total
+
     def two_pass():  # the published way: a full unsteered pass, then the steered one
         with torch.no_grad():
             hidden = tiny_model(input_ids=ids, attention_mask=mask, use_cache=False,
