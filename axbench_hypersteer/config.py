@@ -272,8 +272,11 @@ class InferenceConfig(_YamlMixin):
         default_factory=lambda: [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0]
     )
     steering_num_of_examples: int = 10
-    steering_batch_size: int = 10
+    steering_batch_size: int = 10  # AxBench's predict_steer: rows per call, one concept at a time
     steering_output_length: int = 128
+    # Rows (concept x prompt x factor, many concepts mixed) per generate call in `hypersteer
+    # inference`. One concept's batch of 10 leaves most of a device idle (benchmarks P2).
+    rows_per_call: int = 128
     temperature: float = 1.0
     # AlpacaEval-format JSON (a list of {"instruction": ...}); None = the built-in demo prompts.
     prompts_path: str | None = None
@@ -288,7 +291,8 @@ class InferenceConfig(_YamlMixin):
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f):
                 raise ConfigError(f"steering_factors: {f!r} is not a finite number")
         self.steering_factors = [float(f) for f in self.steering_factors]
-        for key in ("steering_num_of_examples", "steering_batch_size", "steering_output_length"):
+        for key in ("steering_num_of_examples", "steering_batch_size", "steering_output_length",
+                    "rows_per_call"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.split_ratio < 1.0:

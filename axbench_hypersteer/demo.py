@@ -36,7 +36,7 @@ DEMO_CONFIG = {
     "inference": {
         "models": ["HyperSteerXAttn"],
         "steering_factors": [0.0, 0.5, 1.0, 2.0, 4.0],
-        "steering_num_of_examples": 6, "steering_batch_size": 64,
+        "steering_num_of_examples": 6,
         "steering_output_length": 24, "temperature": 0.0,
     },
     "evaluate": {"models": ["HyperSteerXAttn"], "lm_model": "gpt-4o-mini",

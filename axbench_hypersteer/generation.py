@@ -34,11 +34,26 @@ def _encode_left(tokenizer, texts: Sequence[str], device) -> tuple[torch.Tensor,
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
+LOGITS_PER_CHUNK = 2 ** 28  # fp32 logits held at once by the perplexity pass (1 GiB)
+
+
 @torch.no_grad()
 def generation_perplexity(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                           new_ids: torch.Tensor, pad_id: int) -> list[float]:
     """Perplexity of each row's generated tokens given its prompt, under the UNSTEERED model
-    (the fluency proxy AxBench's PerplexityEvaluator averages)."""
+    (the fluency proxy AxBench's PerplexityEvaluator averages). Rows go through in chunks so
+    the ``[rows, new, vocab]`` logits stay under ``LOGITS_PER_CHUNK`` (Gemma's 256k vocabulary,
+    128 rows × 128 tokens would be 17 GB at once)."""
+    per_row = max(1, new_ids.shape[1] * model.config.vocab_size)
+    chunk = max(1, LOGITS_PER_CHUNK // per_row)
+    out: list[float] = []
+    for start in range(0, new_ids.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        out += _perplexity(model, prompt_ids[rows], prompt_mask[rows], new_ids[rows], pad_id)
+    return out
+
+
+def _perplexity(model, prompt_ids, prompt_mask, new_ids, pad_id) -> list[float]:
     new_mask = (new_ids != pad_id).long()
     ids = torch.cat([prompt_ids, new_ids], 1)
     mask = torch.cat([prompt_mask, new_mask], 1)

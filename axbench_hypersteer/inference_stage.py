@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .config import InferenceConfig
 from .data import DataError, format_prompt, load_metadata
-from .fileio import atomic_write
+from .fileio import atomic_write, remove_interrupted_writes
 from .generation import SteerRow, steer_rows
 from .hypersteer import HyperSteer
 from .run_config import RunConfig, canonical_method, is_hypersteer_method, load_run_config
@@ -142,6 +142,8 @@ def run_inference(config_path: str | Path, dump_dir: str | Path, mode: str = "st
         base = load_base(run.model_name, dtype=dtype, device=device)
     models = {name: load_method(dump_dir, name, base) for name in names}
     parts_dir = dump_dir / "inference" / "parts" / mode
+    for directory in (parts_dir, dump_dir / "inference"):  # a killed run's half-written files
+        remove_interrupted_writes(directory)
     todo = []
     for concept in concepts:
         part = parts_dir / f"concept_{int(concept['concept_id'])}.parquet"
@@ -164,7 +166,7 @@ def run_inference(config_path: str | Path, dump_dir: str | Path, mode: str = "st
         for name, hs in models.items():
             rows = [SteerRow(r.input, r.original_prompt, r.input_concept, r.factor)
                     for r in rows_frame.itertuples(index=False)]
-            outputs = steer_rows(hs, rows, cfg.steering_batch_size, cfg.steering_output_length,
+            outputs = steer_rows(hs, rows, cfg.rows_per_call, cfg.steering_output_length,
                                  cfg.temperature, seed=cfg.seed)
             for key, values in outputs.items():
                 rows_frame[f"{name}_{key}"] = values

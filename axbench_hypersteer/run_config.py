@@ -186,7 +186,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     plugin = dict(raw.get("hypersteer") or {})
     evaluate = dict(raw.get("evaluate") or {})
     inf_kw = {k: v for k, v in inference.items() if k not in AXBENCH_INFERENCE_KEYS_IGNORED}
-    for key in ("prompts_path",):
+    for key in ("prompts_path", "rows_per_call"):
         if key in plugin:
             inf_kw[key] = plugin.pop(key)
     if "winrate_split_ratio" in evaluate and evaluate["winrate_split_ratio"] is not None:
@@ -199,7 +199,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     run.eval_concepts = plugin.pop("eval_concepts", None)
     if plugin:
         raise ConfigError(f"{path}: hypersteer: unknown key(s) {sorted(plugin)}; "
-                          "known: prompts_path, judge, eval_concepts")
+                          "known: prompts_path, rows_per_call, judge, eval_concepts")
     inference_models = inference.get("models") or []
     for name in inference_models:
         if is_hypersteer_method(name) and canonical_method(name) not in run.methods:

@@ -33,6 +33,7 @@ DEMO_PROMPTS = ROOT / "axbench_hypersteer" / "resources" / "demo_prompts.json"
 MODELS = {
     "tiny": (256, 6, 4, 3, 5),
     "mid": (640, 10, 8, 7, 8),
+    "2b": (2304, 26, 8, 20, 22),  # Gemma-2-2B's real sizes (Gemma2Config defaults): GPU only
 }
 
 
@@ -47,16 +48,34 @@ def quiet() -> None:
     hf_logging.set_verbosity_error()
 
 
-def build(name: str, tokenizer, backend: str = "pyvene", seed: int = 0):
-    """(base model, HyperSteer) for a named size: random Gemma-2, fp32, eval mode."""
+def build(name: str, tokenizer, backend: str = "pyvene", seed: int = 0,
+          device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(base model, HyperSteer) for a named size: random Gemma-2 in eval mode, built directly on
+    ``device`` in ``dtype`` (the hypernetwork, a copy of the base's blocks, follows both)."""
     from axbench_hypersteer.tiny import build_tiny_gemma2
 
     hidden, layers, heads, layer, blocks = MODELS[name]
-    model = build_tiny_gemma2(tokenizer, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                              seed=seed)
-    hs = HyperSteer.from_base(model, tokenizer, HyperSteerConfig(
-        variant="xattn", steering_layer=layer, num_blocks=blocks, cross_attention_heads=heads),
-        backend=backend)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            if name == "2b":
+                from transformers import Gemma2Config, Gemma2ForCausalLM
+
+                cfg = Gemma2Config(pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id)
+                cfg._attn_implementation = "eager"
+                torch.manual_seed(seed)
+                model = Gemma2ForCausalLM(cfg).eval()
+                model.generation_config.pad_token_id = tokenizer.pad_token_id
+            else:
+                model = build_tiny_gemma2(tokenizer, hidden_size=hidden, num_layers=layers,
+                                          num_heads=heads, seed=seed)
+            hs = HyperSteer.from_base(model, tokenizer, HyperSteerConfig(
+                variant="xattn", steering_layer=layer, num_blocks=blocks,
+                cross_attention_heads=heads), backend=backend)
+    finally:
+        torch.set_default_dtype(previous)
     return model, hs
 
 

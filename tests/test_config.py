@@ -5,6 +5,7 @@ import dataclasses
 import math
 
 import pytest
+import yaml
 
 from axbench_hypersteer.config import (
     ConfigError, HyperSteerConfig, InferenceConfig, JudgeConfig, TrainConfig,
@@ -133,6 +134,7 @@ def test_reconstruction_objective_needs_targets():
     ("steering_factors", []), ("steering_factors", ["strong"]), ("steering_factors", [True]),
     ("steering_factors", [math.nan]),
     ("steering_num_of_examples", 0), ("steering_batch_size", 0), ("steering_output_length", 0),
+    ("rows_per_call", 0),
     ("split_ratio", 1.0), ("split_ratio", -0.5), ("temperature", -1.0),
 ])
 def test_inference_config_rejects_bad_values(key, value):
@@ -233,3 +235,23 @@ def test_from_base_accepts_the_boundaries(tiny_model, tokenizer):
     hs = HyperSteer.from_base(tiny_model, tokenizer, HyperSteerConfig(
         variant="nocontext", steering_layer=0, num_blocks=1, cross_attention_heads=3))
     assert len(hs.hypernet.cross_attentions) == 0 and len(hs.hypernet.body.layers) == 1
+
+
+def test_hypersteer_section_sets_rows_per_call(tmp_path):
+    """`rows_per_call` (the standalone sweep's generate-call size) has no AxBench key: it lives in
+    the plugin's own section, apart from AxBench's per-concept `steering_batch_size`."""
+    from axbench_hypersteer.run_config import load_run_config
+
+    path = tmp_path / "run.yaml"
+    raw = {"train": {"model_name": "tiny", "layer": 2, "models": {"HyperSteerXAttn": {}}},
+           "inference": {"steering_batch_size": 10}, "hypersteer": {"rows_per_call": 350}}
+    path.write_text(yaml.safe_dump(raw))
+    run = load_run_config(path)
+    assert (run.inference.rows_per_call, run.inference.steering_batch_size) == (350, 10)
+    raw["hypersteer"] = {"rows_per_call": 0}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="rows_per_call: must be >= 1"):
+        load_run_config(path)
+    del raw["hypersteer"]
+    path.write_text(yaml.safe_dump(raw))
+    assert load_run_config(path).inference.rows_per_call == InferenceConfig().rows_per_call

@@ -48,3 +48,19 @@ def test_steer_rows_matches_vectors_computed_inside_generate(hs):
                               torch.tensor([row.factor]), max_new_tokens=6, do_sample=False)
         assert out["steered_generation"][i] == tok.batch_decode(new, skip_special_tokens=True)[0]
     assert out["strength"][0] == 0.0 and out["strength"][1] > 0.0
+
+
+def test_perplexity_in_row_chunks_equals_one_pass(tiny_model, tokenizer, monkeypatch):
+    """The perplexity pass splits rows to bound its logits; chunking changes no value."""
+    from axbench_hypersteer import generation
+
+    hs = HyperSteer.from_base(tiny_model, tokenizer, HyperSteerConfig(
+        variant="nocontext", steering_layer=2, num_blocks=2)).eval()
+    rows = sweep_rows(hs)
+    whole = steer_rows(hs, rows, batch_size=len(rows), max_new_tokens=5, temperature=0.0)
+    new_tokens_times_vocab = 5 * tiny_model.config.vocab_size
+    monkeypatch.setattr(generation, "LOGITS_PER_CHUNK", 2 * new_tokens_times_vocab)  # 2 rows
+    chunked = steer_rows(hs, rows, batch_size=len(rows), max_new_tokens=5, temperature=0.0)
+    assert chunked["steered_generation"] == whole["steered_generation"]
+    assert chunked["perplexity"] == pytest.approx(whole["perplexity"], rel=1e-5)
+    assert len(set(whole["perplexity"])) > 1
