@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_write_json, load_tensors, read_json, save_tensors
+from .fileio import (atomic_write_json, load_tensors, read_json, remove_interrupted_writes,
+                     save_tensors)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
                     trainer_state: dict[str, Any], keep: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root))
     try:
         save_tensors(tmp / WEIGHTS, model_state)
         torch.save(trainer_state, tmp / STATE)
@@ -80,7 +81,9 @@ def verify_checkpoint(path: Path) -> str | None:
 
 
 def load_latest_checkpoint(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path] | None:
-    """The newest whole checkpoint, skipping (with a warning) any that are not."""
+    """The newest whole checkpoint, skipping (with a warning) any that are not. A checkpoint
+    write that was killed half way leaves a hidden temporary directory: it goes now."""
+    remove_interrupted_writes(root)
     for path in reversed(list_checkpoints(root)):
         problem = verify_checkpoint(path)
         if problem:

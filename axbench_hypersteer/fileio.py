@@ -9,10 +9,14 @@ Nothing loaded executes code: weights are safetensors, ``.pt`` files go through
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled, so text-only users stay light
     import torch
@@ -54,6 +58,29 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def remove_interrupted_writes(directory: str | Path) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``directory``: hidden ``.<name>.*.tmp``
+    files of ``atomic_write`` and directories of ``save_checkpoint``. They are never read, but a
+    checkpoint's can hold gigabytes. Call it where a job resumes, before anything writes there
+    (a concurrent writer's temporary would go too). Returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.iterdir():
+        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        logger.info("removed %d temporary file(s) of an interrupted write in %s",
+                    len(removed), directory)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

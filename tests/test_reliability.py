@@ -134,6 +134,7 @@ def test_killed_inference_resumes_only_missing_concepts(pipeline, tmp_path, monk
     assert set(generated) == missing
     assert len(generated) == len(missing) * rows_per_concept
     assert (first.stat().st_mtime_ns, first.read_bytes()) == first_state  # untouched
+    assert not list(parts_dir.glob(".*.tmp"))  # the dead writer's temporary is cleaned up
 
     resumed = pd.read_parquet(dump / "inference" / "steering_data.parquet")
     pd.testing.assert_frame_equal(resumed, reference, check_exact=False, rtol=1e-5)
@@ -212,6 +213,22 @@ def test_atomic_write_leaves_ordinary_permissions(tmp_path, umask):
         os.umask(old)
     mode = stat.S_IMODE(atomic.stat().st_mode)
     assert mode == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+
+
+def test_remove_interrupted_writes_takes_only_temporaries(tmp_path):
+    (tmp_path / ".concept_3.parquet.ab12.tmp").write_bytes(b"torn")
+    (tmp_path / ".step_00000007.cd34.tmp").mkdir()
+    (tmp_path / ".step_00000007.cd34.tmp" / "hypernet.safetensors").write_bytes(b"half")
+    keep = [tmp_path / "concept_3.parquet", tmp_path / ".hidden_config", tmp_path / "notes.tmp",
+            tmp_path / "step_00000005"]
+    for path in keep[:3]:
+        path.write_bytes(b"finished")
+    keep[3].mkdir()
+    removed = fileio.remove_interrupted_writes(tmp_path)
+    assert sorted(p.name for p in removed) == [".concept_3.parquet.ab12.tmp",
+                                               ".step_00000007.cd34.tmp"]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    assert fileio.remove_interrupted_writes(tmp_path / "absent") == []
 
 
 def test_inference_merge_failure_keeps_previous_steering_data(tmp_path, monkeypatch):

@@ -113,7 +113,12 @@ def test_resume_in_process_matches_uninterrupted(tokenizer, concept10_dir, tmp_p
         assert not torch.equal(hs.hypernet.readout.weight, want["readout.weight"])
         return hs, Trainer(hs, frame, cfg, out, progress=False).train(resume=True)
 
-    hs, result = resume(copy_with("from10", {"step_00000010"}))
+    out = copy_with("from10", {"step_00000010"})
+    stale = out / "checkpoints" / ".step_00000012.k1ll3d.tmp"  # a checkpoint write killed half way
+    stale.mkdir()
+    (stale / "hypernet.safetensors").write_bytes(b"partial")
+    hs, result = resume(out)
+    assert not stale.exists()
     assert result.resumed_from.endswith("step_00000010")
     assert result.steps == 14 and result.losses == full.losses[10:]
     assert_same_tensors(hypernet_state(hs), want, "resumed at step 10")
