@@ -216,6 +216,19 @@ class HyperNetwork(nn.Module):
                 module._gradient_checkpointing_func = ckpt
         return self.readout(self._pool(hidden, attention_mask))
 
+    def enable_gradient_checkpointing(self, use_reentrant: bool = False) -> None:
+        """Checkpoint the hypernetwork's blocks (recomputed in backward, cross-attention included).
+
+        transformers 5 renamed ``gradient_checkpointing_enable`` to
+        ``activation_checkpointing_enable`` (the old name warns, and goes in v6); 4.x has only the
+        old name. Same arguments to ``torch.utils.checkpoint`` either way."""
+        kwargs = {"use_reentrant": use_reentrant}
+        enable = getattr(self.body, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.body.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
     def _bind_context_for_recompute(self) -> list[tuple[nn.Module, Any]]:
         """Gradient checkpointing re-runs the blocks during backward, after ``forward`` has
         cleared ``_context``: the re-run would skip the cross-attention (torch then fails with a

@@ -341,8 +341,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(gemma, tokenizer, reent
     def grads(checkpointing):
         hs = make_hs(gemma, tokenizer, "xattn", backend="hook")
         if checkpointing:
-            hs.hypernet.body.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            hs.hypernet.enable_gradient_checkpointing(use_reentrant=reentrant)
+            blocks = list(hs.hypernet.body.layers)
+            assert blocks and all(block.gradient_checkpointing for block in blocks)
         hs.train()
         ids, mask, hyper_ids, hyper_mask = batch_inputs(hs, BASE, STEER)
         hs(ids, mask, hyper_ids, hyper_mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
