@@ -100,17 +100,25 @@ def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
 class _CrossAttentionSite:
     """Splices one CrossAttention into one HF decoder layer, after its self-attention residual add.
 
-    A forward pre-hook on the layer remembers the block input (the residual before self-attention).
-    A forward hook on the module whose output is added to that residual (Gemma-2's
-    ``post_attention_layernorm``, Llama-style ``self_attn``) then returns
+    A forward pre-hook on the layer's ``input_layernorm`` remembers the block input (the residual
+    before self-attention). A forward hook on the module whose output is added to that residual
+    (Gemma-2's ``post_attention_layernorm``, Llama-style ``self_attn``) then returns
     ``out + xattn(residual + out)``, so the layer computes
     ``h_mid = residual + out;  h_mid <- h_mid + xattn(h_mid);  h = h_mid + MLP(h_mid)``.
+
+    Both hooks sit on submodules, i.e. inside the layer's ``forward``: transformers 5 checkpoints
+    ``forward`` rather than ``__call__``, so a hook on the layer itself would not re-run when
+    gradient checkpointing recomputes the block, and the recompute would add the original
+    (not the detached, recomputed) block input, backpropagating twice through the block before.
     """
 
     def __init__(self, layer: nn.Module, xattn: CrossAttention, owner: "HyperNetwork"):
         self.xattn = xattn
         self.owner = owner
         self.block_input: torch.Tensor | None = None
+        if not hasattr(layer, "input_layernorm"):
+            raise ValueError(f"{type(layer).__name__} has no input_layernorm: cannot read the "
+                             "block input to place cross-attention in this architecture")
         if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma-2/3 sandwich norms
             site, self.tuple_out = layer.post_attention_layernorm, False
         elif hasattr(layer, "self_attn"):  # Llama, Mistral, Qwen2, ...
@@ -120,11 +128,11 @@ class _CrossAttentionSite:
                 f"{type(layer).__name__} has neither post_attention_layernorm+pre_feedforward_"
                 "layernorm nor self_attn: cannot place cross-attention in this architecture"
             )
-        layer.register_forward_pre_hook(self._remember_input, with_kwargs=True)
+        layer.input_layernorm.register_forward_pre_hook(self._remember_input, with_kwargs=True)
         site.register_forward_hook(self._add_cross_attention)
 
     def _remember_input(self, module, args, kwargs):
-        self.block_input = args[0] if args else kwargs["hidden_states"]
+        self.block_input = args[0] if args else next(iter(kwargs.values()))
 
     def _add_cross_attention(self, module, args, output):
         context = self.owner._context
@@ -207,6 +215,19 @@ class HyperNetwork(nn.Module):
             for module, ckpt in restore:
                 module._gradient_checkpointing_func = ckpt
         return self.readout(self._pool(hidden, attention_mask))
+
+    def enable_gradient_checkpointing(self, use_reentrant: bool = False) -> None:
+        """Checkpoint the hypernetwork's blocks (recomputed in backward, cross-attention included).
+
+        transformers 5 renamed ``gradient_checkpointing_enable`` to
+        ``activation_checkpointing_enable`` (the old name warns, and goes in v6); 4.x has only the
+        old name. Same arguments to ``torch.utils.checkpoint`` either way."""
+        kwargs = {"use_reentrant": use_reentrant}
+        enable = getattr(self.body, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.body.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def _bind_context_for_recompute(self) -> list[tuple[nn.Module, Any]]:
         """Gradient checkpointing re-runs the blocks during backward, after ``forward`` has

@@ -82,6 +82,39 @@ def _intervention_class():
     return HyperSteerIntervention
 
 
+def _intervenable_model_class():
+    pv = _import_pyvene()
+
+    class OwnHooksIntervenableModel(pv.IntervenableModel):
+        """pyvene 0.1.8 pops EVERY forward (pre-)hook on the wrapped model before and after each
+        call (``_remove_forward_hooks``), not just the ones it registered. That deletes other
+        code's hooks and, on transformers 5, the persistent hooks through which the model itself
+        records ``output_hidden_states``/``output_attentions`` (installed once, on first use):
+        those outputs would come back empty, or stay broken after the call.
+
+        This subclass keeps the handles of the hooks pyvene registers (its getters and setters)
+        and removes exactly those, so every other hook stays in place and fires during the call.
+        """
+
+        def _own(self, handlers):
+            self.__dict__.setdefault("_own_hook_handles", []).extend(handlers.handlers)
+            return handlers
+
+        def _intervention_getter(self, *args, **kwargs):
+            return self._own(super()._intervention_getter(*args, **kwargs))
+
+        def _intervention_setter(self, *args, **kwargs):
+            return self._own(super()._intervention_setter(*args, **kwargs))
+
+        def _remove_forward_hooks(self):
+            handles = self.__dict__.setdefault("_own_hook_handles", [])
+            for handle in handles:
+                handle.remove()
+            handles.clear()
+
+    return OwnHooksIntervenableModel
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of an HF causal LM (``model.<prefix>.layers``)."""
     layers = getattr(model.base_model, "layers", None)
@@ -94,8 +127,8 @@ class Steerer:
     """Steers a frozen causal LM at decoder block ``layer`` through pyvene.
 
     Builds the pyvene wrapper once; pyvene registers its hooks per call and removes them after.
-    pyvene also strips hooks it did not register; they are put back after each call (but do not
-    run during a pyvene call: use the "hook" backend to combine steering with other hooks).
+    Hooks it did not register stay on the model and run during the call (see
+    ``_intervenable_model_class``).
     """
 
     def __init__(self, model: nn.Module, layer: int, backend: str = "pyvene"):
@@ -133,7 +166,7 @@ class Steerer:
             "low_rank_dimension": 1, "intervention": iv,
         }])
         # pyvene freezes the wrapped model (requires_grad=False, eval()) at construction.
-        return pv.IntervenableModel(cfg, module)
+        return _intervenable_model_class()(cfg, module)
 
     def forward(self, source: SteeringSource, decoder_only: bool = False, **model_kwargs):
         """A steered forward pass; returns the HF model output (with ``loss`` when labels given).
@@ -147,8 +180,7 @@ class Steerer:
             with steering_hook(self.model, self.layer, source):
                 return target(**model_kwargs)
         wrapper = self.decoder_intervenable if decoder_only else self.intervenable
-        with _keep_foreign_hooks(self.model):
-            _, out = wrapper(base=model_kwargs, unit_locations=None, subspaces=[{"steer": source}])
+        _, out = wrapper(base=model_kwargs, unit_locations=None, subspaces=[{"steer": source}])
         return out
 
     def generate(self, source: SteeringSource, input_ids: torch.Tensor,
@@ -158,40 +190,29 @@ class Steerer:
             with steering_hook(self.model, self.layer, source):
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                            **gen_kwargs)
-        with _keep_foreign_hooks(self.model):
-            _, out = self.intervenable.generate(
-                {"input_ids": input_ids, "attention_mask": attention_mask},
-                unit_locations=None, intervene_on_prompt=True,
-                subspaces=[{"steer": source}], **gen_kwargs,
-            )
+        _, out = self.intervenable.generate(
+            {"input_ids": input_ids, "attention_mask": attention_mask},
+            unit_locations=None, intervene_on_prompt=True,
+            subspaces=[{"steer": source}], **gen_kwargs,
+        )
         return out
 
 
 @contextlib.contextmanager
-def _keep_foreign_hooks(model: nn.Module) -> Iterator[None]:
-    """pyvene 0.1.8 deletes EVERY forward (pre-)hook on the wrapped model before and after each
-    call, not just its own. Put back the hooks that were there before the call (they do not fire
-    during it), so other code's hooks on the base model survive a pyvene-steered call."""
-    saved = [(m, dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()
-             if m._forward_hooks or m._forward_pre_hooks]
-    try:
-        yield
-    finally:
-        for module, hooks, pre_hooks in saved:
-            module._forward_hooks.update(hooks)
-            module._forward_pre_hooks.update(pre_hooks)
-
-
-@contextlib.contextmanager
 def steering_hook(model: nn.Module, layer: int, source: SteeringSource) -> Iterator[None]:
-    """Plain forward-hook steering with the same arithmetic (the oracle for the pyvene path)."""
+    """Plain forward-hook steering with the same arithmetic (the oracle for the pyvene path).
+
+    The hook is prepended, so that every other forward hook on the block sees the steered output,
+    as the next block does: transformers 5 records ``output_hidden_states`` through persistent
+    hooks registered before ours, which would otherwise record the pre-steering output.
+    """
 
     def hook(module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
         steered = source(hidden)
         return (steered,) + tuple(output[1:]) if isinstance(output, tuple) else steered
 
-    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    handle = decoder_layers(model)[layer].register_forward_hook(hook, prepend=True)
     try:
         yield
     finally:

@@ -121,8 +121,7 @@ class Trainer:
                 raise ValueError(f"{cfg.reconstruction_targets}: has {self.targets.shape[0]} rows "
                                  f"but the training data has concept_id {top}")
         if cfg.gradient_checkpointing:
-            model.hypernet.body.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.hypernet.enable_gradient_checkpointing(use_reentrant=False)
         self.params = [p for p in model.hypernet.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size,

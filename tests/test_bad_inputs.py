@@ -56,3 +56,19 @@ def test_doc_lists_every_case_with_its_message(pipeline, tmp_path):
                        + "\n".join(stale))
     rows = [line for line in doc.splitlines() if line.startswith("| `")]
     assert len(rows) == len(CASES)
+
+
+def test_loading_the_base_model_draws_no_bar_and_keeps_bars_working(pipeline, capfd):
+    """Loading the base model adds nothing to stderr (transformers 5 draws a "Loading weights"
+    bar there, ahead of the CLI's one error line); afterwards transformers' progress bars draw
+    again: only the load is silenced."""
+    from transformers.utils import logging as hf_logging
+
+    from axbench_hypersteer.tiny import load_base
+
+    capfd.readouterr()
+    load_base(str(pipeline.base_model))
+    assert capfd.readouterr().err == ""
+    for _ in hf_logging.tqdm(range(2), desc="after the load"):
+        pass
+    assert "after the load" in capfd.readouterr().err

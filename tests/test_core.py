@@ -44,8 +44,23 @@ def steered_greedy(hs, ids, mask, hyper_ids, hyper_mask, factors, **kw):
                            max_new_tokens=NEW_TOKENS, do_sample=False, **kw)
 
 
+def _is_transformers_hook(hook) -> bool:
+    return (getattr(hook, "__module__", None) or "").startswith("transformers.")
+
+
+def leftover_hooks(model) -> list[str]:
+    """Forward (pre-)hooks on ``model`` that transformers did not install itself, as
+    ``module: hook`` names. transformers 5 records ``output_hidden_states``/``output_attentions``
+    through hooks it installs once, on first use, and keeps: those are the model's own, not a
+    leak. Any other hook still there after a call (ours, pyvene's, a test's) is one."""
+    return [f"{name or '<root>'}: {getattr(hook, '__qualname__', hook)}"
+            for name, m in model.named_modules()
+            for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+            if not _is_transformers_hook(hook)]
+
+
 def no_hooks_left(model) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    return not leftover_hooks(model)
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +164,24 @@ def test_hidden_state_after_steering_layer_is_exact(gemma, tokenizer, variant):
         pv_out = Steerer(gemma, LAYER, backend="pyvene").forward(
             SteeringSource(factors, delta=delta), input_ids=ids, attention_mask=mask,
             position_ids=positions(mask), use_cache=False, output_hidden_states=True)
+    assert len(pv_out.hidden_states) == len(reference)
     for i in range(LAYER + 1):
         assert torch.equal(pv_out.hidden_states[i], reference[i])
     assert torch.equal(pv_out.hidden_states[LAYER + 1], expected)
+
+    # The hook backend steers before any other forward hook on the block runs (on transformers 5
+    # that includes the model's own output_hidden_states recording), so they see what block l+1 sees.
+    outputs = []
+    handle = layers[LAYER].register_forward_hook(lambda m, a, out: outputs.append(out))
+    try:
+        with torch.no_grad():
+            Steerer(gemma, LAYER, backend="hook").forward(
+                SteeringSource(factors, delta=delta), input_ids=ids, attention_mask=mask,
+                position_ids=positions(mask), use_cache=False)
+    finally:
+        handle.remove()
+    assert len(outputs) == 1
+    assert torch.equal(outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0], expected)
 
 
 # ----- 3. rows are independent ----------------------------------------------------------------
@@ -232,12 +262,31 @@ def test_pyvene_call_keeps_other_hooks_on_the_base_model(gemma, tokenizer):
         hs = make_hs(gemma, tokenizer, "nocontext", backend="pyvene")
         with torch.no_grad():
             hs(*batch_inputs(hs, BASE[:1], STEER[:1]))
+        assert len(calls) == 1, "a hook on the base model did not run during a pyvene forward"
         hs.generate(BASE[:1], STEER[:1], [1.0], max_new_tokens=2)
+        assert len(calls) == 3, "a hook on the base model did not run during pyvene generate"
         plain_forward(gemma, *encode(tokenizer, BASE[:1]))
-        assert calls, "a hook registered before a pyvene call was removed by it"
+        assert len(calls) == 4, "a hook registered before a pyvene call was removed by it"
     finally:
         handle.remove()
-    assert no_hooks_left(gemma)
+    assert no_hooks_left(gemma), leftover_hooks(gemma)
+
+
+def test_pyvene_call_keeps_the_models_own_output_recording(tokenizer):
+    """The first call that asks for hidden states goes through pyvene (transformers 5 installs
+    its recording hooks then); plain calls afterwards must still return them."""
+    model = build_tiny_gemma2(tokenizer, hidden_size=64, num_layers=4, seed=0)
+    ids, mask = encode(tokenizer, BASE[:2])
+    kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
+              output_hidden_states=True)
+    source = SteeringSource(torch.zeros(2), delta=torch.ones(2, model.config.hidden_size))
+    with torch.no_grad():
+        steered = Steerer(model, LAYER, backend="pyvene").forward(source, **kw)
+    plain = plain_forward(model, ids, mask, output_hidden_states=True)
+    assert len(steered.hidden_states) == len(plain.hidden_states) == 5
+    for a, b in zip(steered.hidden_states, plain.hidden_states):
+        assert torch.equal(a, b)
+    assert no_hooks_left(model), leftover_hooks(model)
 
 
 # ----- 5. only the hypernetwork learns --------------------------------------------------------
@@ -292,8 +341,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(gemma, tokenizer, reent
     def grads(checkpointing):
         hs = make_hs(gemma, tokenizer, "xattn", backend="hook")
         if checkpointing:
-            hs.hypernet.body.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            hs.hypernet.enable_gradient_checkpointing(use_reentrant=reentrant)
+            blocks = list(hs.hypernet.body.layers)
+            assert blocks and all(block.gradient_checkpointing for block in blocks)
         hs.train()
         ids, mask, hyper_ids, hyper_mask = batch_inputs(hs, BASE, STEER)
         hs(ids, mask, hyper_ids, hyper_mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
@@ -545,6 +595,17 @@ def test_generate_rejects_num_return_sequences_mismatch(gemma, tokenizer):
         hs.generate_ids(ids, mask, hyper_ids, hyper_mask, torch.ones(2), max_new_tokens=2,
                         do_sample=False, num_beams=2, num_return_sequences=2)
     assert no_hooks_left(gemma)
+
+
+@pytest.mark.parametrize("backend", ["pyvene", "hook"])
+def test_failed_steered_call_leaves_no_hooks(gemma, tokenizer, backend):
+    """An error raised inside the steered forward (here: one factor for two rows) must not leave
+    the steering hooks on the base model: pyvene's forward removes them only on success."""
+    ids, mask = encode(tokenizer, BASE[:2])
+    source = SteeringSource(torch.ones(1), delta=torch.ones(2, gemma.config.hidden_size))
+    with torch.no_grad(), pytest.raises(ValueError, match="factors"):
+        Steerer(gemma, LAYER, backend=backend).forward(source, input_ids=ids, attention_mask=mask)
+    assert no_hooks_left(gemma), leftover_hooks(gemma)
 
 
 def test_steerer_rejects_bad_layer_and_backend(gemma):
