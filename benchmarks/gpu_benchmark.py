@@ -93,8 +93,7 @@ def build(args, device):
             init=args.init), backend=args.backend)
     hs.hypernet.to(device).train()
     if args.gradient_checkpointing:
-        hs.hypernet.body.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        hs.hypernet.enable_gradient_checkpointing(use_reentrant=False)
     return model, hs
 
 
