@@ -19,7 +19,7 @@ NPROC   ?= 1
 TORCHRUN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC)
 LAUNCH  := -m axbench_hypersteer.axbench
 
-.PHONY: venv demo test heldin heldout ablations bench clean-venv
+.PHONY: venv demo test test-transformers5 heldin heldout ablations bench clean-venv
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# The same suite on transformers 5.x (4.57 stays the tested default): a second venv with every
+# other pin kept. Not part of CI; run it before changing anything near hooks or checkpointing.
+TF5   ?= 5.24.0
+VENV5 ?= .venv-tf5
+$(VENV5)/.installed: setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV5)
+	grep -viE '^(transformers|tokenizers|huggingface[-_]hub)==' constraints.txt > $(VENV5)/constraints.txt
+	$(VENV5)/bin/pip install -q -c $(VENV5)/constraints.txt -e ".[test]" "transformers==$(TF5)"
+	touch $@
+
+test-transformers5: $(VENV5)/.installed
+	$(VENV5)/bin/python -m pytest -q tests
 
 # Held-in: train on every concept (evaluation concepts included), evaluate on Concept500.
 heldin: venv
@@ -63,4 +76,4 @@ bench: venv
 	$(PY) benchmarks/bench_train.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VENV5)

@@ -6,6 +6,10 @@ tokenising the steering prompts and the hypernetwork forward (cross-attending to
 layer-l residual of the very generate call it steers). Target: <= 1.10.
 
     python benchmarks/p1_generation_overhead.py [--models tiny mid] [--new-tokens 128] [--batch 10]
+
+``--breakdown`` adds, per model, where the overhead goes: generation with the vectors given
+(the per-token cost of the intervention alone, hook and pyvene) and the vectors alone (the
+hypernetwork, plus blocks 0..l over the prompt that the steered call would share).
 """
 
 from __future__ import annotations
@@ -42,10 +46,22 @@ def measure(name: str, tokenizer, args) -> dict[str, float]:
             assert new.shape[1] == args.new_tokens
         return run
 
-    times = C.interleaved({"plain": plain, "pyvene": steered(pv), "hook": steered(hook)},
-                          reps=args.reps)
-    return {"pyvene": C.ratio(times, "pyvene", "plain"), "hook": C.ratio(times, "hook", "plain"),
-            "plain_ms": C.median_ms(times["plain"])}
+    sides = {"plain": plain, "pyvene": steered(pv), "hook": steered(hook)}
+    if args.breakdown:
+        hyper_ids, hyper_mask = pv.encode_hypernet(steering)
+
+        @torch.no_grad()
+        def vectors_alone():
+            return pv.compute_vectors(hyper_ids, hyper_mask, ids, mask)
+
+        fixed = vectors_alone()
+        for side, hs in (("pyvene_given", pv), ("hook_given", hook)):
+            sides[side] = (lambda hs: lambda: hs.generate_ids(ids, mask, None, None, factors,
+                                                              vectors=fixed, **gen))(hs)
+        sides["vectors"] = vectors_alone
+    times = C.interleaved(sides, reps=args.reps)
+    return {side: C.ratio(times, side, "plain") for side in sides if side != "plain"} | {
+        "plain_ms": C.median_ms(times["plain"])}
 
 
 def main() -> None:
@@ -55,6 +71,8 @@ def main() -> None:
                         help="prompts per generate call (AxBench's steering_batch_size)")
     parser.add_argument("--new-tokens", type=int, default=128,
                         help="AxBench's steering_output_length")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time generation with given vectors, and the vectors alone")
     C.common_args(parser, reps=5)
     args = parser.parse_args()
     C.start(args)
@@ -65,8 +83,12 @@ def main() -> None:
     for name in args.models:
         r = measure(name, tokenizer, args)
         h, n, _, layer, blocks = C.MODELS[name]
+        extra = ""
+        if args.breakdown:
+            extra = (f"; vectors given: pyvene {r['pyvene_given']:.3f}x hook "
+                     f"{r['hook_given']:.3f}x; vectors alone {r['vectors']:.3f}x")
         parts.append(f"{name}(d{h},L{n},l{layer},N{blocks}) pyvene {r['pyvene']:.3f}x "
-                     f"hook {r['hook']:.3f}x [plain {r['plain_ms']:.0f} ms]")
+                     f"hook {r['hook']:.3f}x [plain {r['plain_ms']:.0f} ms]{extra}")
     print(f"P1 steered/plain generation (batch {args.batch}, {args.new_tokens} new tokens, "
           f"fp32, {args.threads} thread(s), median of {args.reps}): " + " | ".join(parts)
           + f" | target <= 1.10 | load {C.load()}")
