@@ -46,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny", choices=list(C.MODELS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backend", default="pyvene", choices=["pyvene", "hook"])
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
                         help="default: bf16 on cuda, fp32 on cpu")
     parser.add_argument("--concepts", type=int, default=10)
@@ -72,7 +73,8 @@ def main() -> None:
         return
     dtype_name = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    model, hs = C.build(args.model, tokenizer, backend="pyvene", device=args.device, dtype=dtype)
+    model, hs = C.build(args.model, tokenizer, backend=args.backend, device=args.device,
+                        dtype=dtype)
     hs.hypernet.eval()
     # Every row generates exactly new_tokens tokens, whatever its batch: a batch that happened to
     # stop early on EOS would otherwise time fewer steps.
@@ -114,7 +116,7 @@ def main() -> None:
           f"{args.per_concept_batch} rows/call vs batched {batch} rows/call mixing concepts "
           f"[{C.median_ms(times['per_concept']) / 1000:.1f} s vs "
           f"{C.median_ms(times['batched']) / 1000:.1f} s]{extra}; {args.model}(d{h},L{n},l{layer},"
-          f"N{blocks}) {dtype_name} on {device_name}, {args.threads} thread(s), median of "
+          f"N{blocks}) {dtype_name} on {device_name}, {args.backend}, {args.threads} thread(s), median of "
           f"{args.reps}) | target >= 2 (CPU), >= 3 (GPU) | "
           f"load {C.load()}")
 
