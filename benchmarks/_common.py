@@ -9,12 +9,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -48,34 +49,51 @@ def quiet() -> None:
     hf_logging.set_verbosity_error()
 
 
-def build(name: str, tokenizer, backend: str = "pyvene", seed: int = 0,
-          device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """(base model, HyperSteer) for a named size: random Gemma-2 in eval mode, built directly on
-    ``device`` in ``dtype`` (the hypernetwork, a copy of the base's blocks, follows both)."""
-    from axbench_hypersteer.tiny import build_tiny_gemma2
-
-    hidden, layers, heads, layer, blocks = MODELS[name]
+@contextlib.contextmanager
+def building_on(device, dtype: torch.dtype) -> Iterator[None]:
+    """Create modules directly on ``device`` in ``dtype``: a 2B model is never materialised in
+    fp32 on the CPU first."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            if name == "2b":
-                from transformers import Gemma2Config, Gemma2ForCausalLM
-
-                cfg = Gemma2Config(pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id)
-                cfg._attn_implementation = "eager"
-                torch.manual_seed(seed)
-                model = Gemma2ForCausalLM(cfg).eval()
-                model.generation_config.pad_token_id = tokenizer.pad_token_id
-            else:
-                model = build_tiny_gemma2(tokenizer, hidden_size=hidden, num_layers=layers,
-                                          num_heads=heads, seed=seed)
-            hs = HyperSteer.from_base(model, tokenizer, HyperSteerConfig(
-                variant="xattn", steering_layer=layer, num_blocks=blocks,
-                cross_attention_heads=heads), backend=backend)
+            yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def gemma2_2b_config(**overrides):
+    """Gemma-2-2B's sizes (transformers' Gemma2Config defaults), eager attention as everywhere in
+    the package (Gemma-2's soft-capping)."""
+    from transformers import Gemma2Config
+
+    cfg = Gemma2Config(**overrides)
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def build(name: str, tokenizer, backend: str = "pyvene", seed: int = 0,
+          device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(base model, HyperSteer) for a named size: random Gemma-2 in eval mode, built directly on
+    ``device`` in ``dtype``; the hypernetwork is built on the same device, in its config's dtype
+    (fp32 by default, as in training)."""
+    from axbench_hypersteer.tiny import build_tiny_gemma2
+
+    hidden, layers, heads, layer, blocks = MODELS[name]
+    with building_on(device, dtype):
+        if name == "2b":
+            from transformers import Gemma2ForCausalLM
+
+            torch.manual_seed(seed)
+            model = Gemma2ForCausalLM(gemma2_2b_config(
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        else:
+            model = build_tiny_gemma2(tokenizer, hidden_size=hidden, num_layers=layers,
+                                      num_heads=heads, seed=seed)
+        hs = HyperSteer.from_base(model, tokenizer, HyperSteerConfig(
+            variant="xattn", steering_layer=layer, num_blocks=blocks,
+            cross_attention_heads=heads), backend=backend)
     return model, hs
 
 

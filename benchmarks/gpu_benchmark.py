@@ -61,8 +61,9 @@ def parse_args(argv=None):
 
 def build(args, device):
     import torch
-    from transformers import Gemma2Config, Gemma2ForCausalLM
+    from transformers import Gemma2ForCausalLM
 
+    import _common as C
     from axbench_hypersteer.config import HyperSteerConfig
     from axbench_hypersteer.hypersteer import HyperSteer
     from axbench_hypersteer.tiny import tiny_gemma2_config
@@ -71,21 +72,15 @@ def build(args, device):
         cfg = tiny_gemma2_config(2048, hidden_size=64, num_layers=4, num_heads=4)
         defaults = (2, 2, 4)
     else:
-        cfg = Gemma2Config()  # transformers' defaults are Gemma-2-2B's sizes
-        cfg._attn_implementation = "eager"  # Gemma-2's soft-capping, as everywhere in the package
+        cfg = C.gemma2_2b_config()
         defaults = (20, 22, 8)
     layer = defaults[0] if args.layer is None else args.layer
     blocks = defaults[1] if args.blocks is None else args.blocks
     heads = defaults[2] if args.heads is None else args.heads
     base_dtype = torch.float32 if args.fp32 or device.type == "cpu" else torch.bfloat16
     torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(base_dtype)
-    try:
-        with device:
-            model = Gemma2ForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(previous)
+    with C.building_on(device, base_dtype):
+        model = Gemma2ForCausalLM(cfg)
     model.eval()
     with device:  # hypernet built in place, fp32 master weights
         hs = HyperSteer.from_base(model, None, HyperSteerConfig(
