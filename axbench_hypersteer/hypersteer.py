@@ -113,9 +113,7 @@ class HyperSteer(nn.Module):
         """Vectors from the layer output about to be steered: one base pass serves both."""
         def fn(hidden: torch.Tensor) -> torch.Tensor:  # hidden [B, T, d], pre-steering
             mask = context_mask[:, : hidden.shape[1]].to(hidden.device)
-            # Keys/values only up to the last readable position of any row: in training the
-            # answer tokens (right of every prompt) would be projected and then masked anyway.
-            width = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else mask.shape[1]
+            width = context_width(mask)
             return self.hypernet(hyper_ids, hyper_mask, context=hidden[:, :width],
                                  context_mask=mask[:, :width])
         return fn
@@ -296,6 +294,14 @@ def check_base_matches(saved: dict, base_model: nn.Module, where: Path) -> None:
             saved["name_or_path"] != current["name_or_path"]:
         logger.warning("%s: trained on base %s, loading onto %s (same architecture)",
                        where, saved["name_or_path"], current["name_or_path"])
+
+
+def context_width(context_mask: torch.Tensor) -> int:
+    """Base positions the cross-attention projects: up to the last readable column of any row.
+    In training the answer tokens (right of every prompt) would be projected and then masked."""
+    if not bool(context_mask.any()):
+        return context_mask.shape[1]
+    return int(context_mask.any(0).nonzero().max()) + 1
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:

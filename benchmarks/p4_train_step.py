@@ -31,6 +31,7 @@ import torch
 import _common as C
 from axbench_hypersteer.data import SteeringCollator
 from axbench_hypersteer.flops import HypernetShapes, LMShapes, training_step_flops
+from axbench_hypersteer.hypersteer import context_width
 from axbench_hypersteer.steering import SteeringSource, steering_hook
 
 SIDES = ("one_pass_hook", "one_pass_pyvene", "one_pass_full_head", "two_pass")
@@ -152,7 +153,7 @@ def main() -> None:
     cfg = hs["two_pass"].config
     shapes = LMShapes.from_config(model.config)
     arch = HypernetShapes(cfg.num_blocks)
-    ctx = int(batch["context_mask"].any(0).nonzero().max()) + 1
+    ctx = context_width(batch["context_mask"])
 
     def flops(**kw):
         return training_step_flops(shapes, arch, cfg.steering_layer, B, T, S, **kw).total
