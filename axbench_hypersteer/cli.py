@@ -20,22 +20,22 @@ import os
 import sys
 
 COMMANDS = {
-    "demo": "axbench_hypersteer.demo",
-    "split": "axbench_hypersteer.splits",
-    "train": "axbench_hypersteer.train_stage",
-    "inference": "axbench_hypersteer.inference_stage",
-    "evaluate": "axbench_hypersteer.evaluate",
-    "steering-loss": "axbench_hypersteer.steering_loss",
-    "report": "axbench_hypersteer.report",
+    "demo": "axbench_hypersteer.pipeline.demo",
+    "split": "axbench_hypersteer.pipeline.splits",
+    "train": "axbench_hypersteer.pipeline.train_stage",
+    "inference": "axbench_hypersteer.pipeline.inference_stage",
+    "evaluate": "axbench_hypersteer.pipeline.evaluate",
+    "steering-loss": "axbench_hypersteer.pipeline.steering_loss",
+    "report": "axbench_hypersteer.pipeline.report",
 }
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .data import DataError
-    from .evaluate import EvaluateError
-    from .fileio import CorruptFileError, UnsafeFileError
-    from .report import ReportError
+    from .core.config import ConfigError
+    from .core.errors import DataError
+    from .core.fileio import CorruptFileError, UnsafeFileError
+    from .pipeline.evaluate import EvaluateError
+    from .pipeline.report import ReportError
 
     errors: list[type[BaseException]] = [ConfigError, DataError, EvaluateError, ReportError,
                                          UnsafeFileError, CorruptFileError, FileNotFoundError]

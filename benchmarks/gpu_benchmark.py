@@ -5,7 +5,7 @@ with the real 2B sizes, in bf16; the hypernetwork (22 blocks by default, 8 cross
 fp32 master weights, AdamW) trains under bf16 autocast, exactly as the trainer does. Batches are
 random token ids shaped like AxBench's (32 prompt + 128 answer tokens, 16 steering-prompt tokens,
 batch 12). Prints ONE line: median step time, base tokens/s, torch.cuda.max_memory_allocated, and
-the achieved TFLOP/s by the analytic count of axbench_hypersteer/flops.py.
+the achieved TFLOP/s by the analytic count of axbench_hypersteer/core/flops.py.
 
     python benchmarks/gpu_benchmark.py --steps 20            # one H100-class GPU, < 10 minutes
     python benchmarks/gpu_benchmark.py --device cpu --tiny --steps 2   # smoke test, seconds
@@ -64,9 +64,9 @@ def build(args, device):
     from transformers import Gemma2ForCausalLM
 
     import _common as C
-    from axbench_hypersteer.config import HyperSteerConfig
-    from axbench_hypersteer.hypersteer import HyperSteer
-    from axbench_hypersteer.tiny import tiny_gemma2_config
+    from axbench_hypersteer.core.config import HyperSteerConfig
+    from axbench_hypersteer.core.hypersteer import HyperSteer
+    from axbench_hypersteer.testing.tiny import tiny_gemma2_config
 
     if args.tiny:
         cfg = tiny_gemma2_config(2048, hidden_size=64, num_layers=4, num_heads=4)
@@ -123,8 +123,8 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from axbench_hypersteer.flops import (HypernetShapes, LMShapes, format_flops,
-                                          training_step_flops)
+    from axbench_hypersteer.core.flops import (HypernetShapes, LMShapes, format_flops,
+                                               training_step_flops)
 
     device = torch.device(args.device)
     if device.type == "cpu":

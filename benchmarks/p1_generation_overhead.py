@@ -76,7 +76,7 @@ def main() -> None:
     C.common_args(parser, reps=5)
     args = parser.parse_args()
     C.start(args)
-    from axbench_hypersteer.tiny import build_tiny_tokenizer
+    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     parts = []

@@ -29,16 +29,16 @@ import sys
 import torch
 
 import _common as C
-from axbench_hypersteer.data import SteeringCollator
-from axbench_hypersteer.flops import HypernetShapes, LMShapes, training_step_flops
-from axbench_hypersteer.hypersteer import context_width
-from axbench_hypersteer.steering import SteeringSource, steering_hook
+from axbench_hypersteer.core.collate import SteeringCollator
+from axbench_hypersteer.core.flops import HypernetShapes, LMShapes, training_step_flops
+from axbench_hypersteer.core.hypersteer import context_width
+from axbench_hypersteer.core.steering import SteeringSource, steering_hook
 
 SIDES = ("one_pass_hook", "one_pass_pyvene", "one_pass_full_head", "two_pass")
 
 
 def setup(args):
-    from axbench_hypersteer.tiny import build_tiny_tokenizer
+    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
     import random
 
     tokenizer = build_tiny_tokenizer()

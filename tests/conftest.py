@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from axbench_hypersteer.tiny import build_tiny_gemma2, build_tiny_tokenizer
+from axbench_hypersteer.testing.tiny import build_tiny_gemma2, build_tiny_tokenizer
 
 # Tiny models: one thread beats two (thread start-up dominates, and CI shares 2 cores).
 torch.set_num_threads(1)

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import torch
 
-from axbench_hypersteer.config import HyperSteerConfig
-from axbench_hypersteer.hypersteer import HyperSteer
+from axbench_hypersteer.core.config import HyperSteerConfig
+from axbench_hypersteer.core.hypersteer import HyperSteer
 
 VARIANTS = ("nocontext", "incontext", "xattn")
 LAYER = 2  # steering layer used throughout (the tiny models have 3-4 blocks)

@@ -1,6 +1,6 @@
 """``hypersteer train`` for subprocess tests: ``python tests/run_train_stage.py ARGS`` (or under
-``torchrun``) runs :func:`axbench_hypersteer.train_stage.main` with one intra-op thread, so that
-CPU results are bit-reproducible across processes.
+``torchrun``) runs :func:`axbench_hypersteer.pipeline.train_stage.main` with one intra-op thread,
+so that CPU results are bit-reproducible across processes.
 
 With ``HYPERSTEER_TEST_RANK_DIR`` set, every rank also writes its own trained hypernetwork to
 ``$HYPERSTEER_TEST_RANK_DIR/{Method}.rank{r}.safetensors`` (only rank 0 saves in the package),
@@ -14,8 +14,8 @@ import torch
 
 torch.set_num_threads(1)
 
-from axbench_hypersteer import train_stage  # noqa: E402
-from axbench_hypersteer.fileio import save_tensors  # noqa: E402
+from axbench_hypersteer.core.fileio import save_tensors  # noqa: E402
+from axbench_hypersteer.pipeline import train_stage  # noqa: E402
 
 rank_dir = os.environ.get("HYPERSTEER_TEST_RANK_DIR")
 if rank_dir:

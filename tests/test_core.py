@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from axbench_hypersteer.config import ConfigError
-from axbench_hypersteer.hypersteer import CONFIG_NAME, WEIGHTS_NAME, HyperSteer
-from axbench_hypersteer.steering import (
-    Steerer, SteeringSource, decoder_layers, residual_after, steering_hook,
-)
-from axbench_hypersteer.tiny import build_tiny_gemma2
+from axbench_hypersteer.core.config import ConfigError
+from axbench_hypersteer.core.hypersteer import CONFIG_NAME, WEIGHTS_NAME, HyperSteer
+from axbench_hypersteer.core.steering import (Steerer, SteeringSource, decoder_layers,
+                                              residual_after, steering_hook)
+from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 
 from helpers import (
     BASE, FACTORS, LAYER, STEER, VARIANTS, batch_inputs, build_tiny_llama, encode, make_hs,

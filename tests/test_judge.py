@@ -15,8 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from axbench_hypersteer.config import ConfigError, JudgeConfig
-from axbench_hypersteer.evaluate import EvaluateError, main, run_evaluate, split_by_input_id
+from axbench_hypersteer.core.config import ConfigError, JudgeConfig
 from axbench_hypersteer.judge import (
     JudgeCache,
     JudgeUnavailableError,
@@ -30,6 +29,8 @@ from axbench_hypersteer.judge import (
 )
 from axbench_hypersteer.judge.client import parse_retry_after
 from axbench_hypersteer.judge.prompts import detect_criterion
+from axbench_hypersteer.pipeline.evaluate import (EvaluateError, main, run_evaluate,
+                                                  split_by_input_id)
 from judge_server import (
     FaultJudgeServer,
     by_criterion,

@@ -6,9 +6,10 @@ import shutil
 import pandas as pd
 import pytest
 
-from axbench_hypersteer.data import DataError, load_metadata, load_train_frame
-from axbench_hypersteer.splits import (load_eval_concepts, main, make_split,
-                                       normalise_concept)
+from axbench_hypersteer.core.errors import DataError
+from axbench_hypersteer.pipeline.data import load_metadata, load_train_frame
+from axbench_hypersteer.pipeline.splits import (load_eval_concepts, main, make_split,
+                                                normalise_concept)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from axbench_hypersteer import cli
-from axbench_hypersteer.report import summarize
+from axbench_hypersteer.pipeline.report import summarize
 
 from pipeline_fixture import METHOD, shared_pipeline
 

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 import yaml
 
-from axbench_hypersteer.config import HyperSteerConfig, TrainConfig
-from axbench_hypersteer.hypersteer import HyperSteer
-from axbench_hypersteer.tiny import build_tiny_gemma2
+from axbench_hypersteer.core.config import HyperSteerConfig, TrainConfig
+from axbench_hypersteer.core.hypersteer import HyperSteer
+from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -5,8 +5,8 @@
 import logging
 import sys
 
-from ..config import ConfigError
-from ..data import DataError
+from ..core.config import ConfigError
+from ..core.errors import DataError
 from .launcher import CheckpointMissing, main
 from .registry import AxBenchNotInstalled, RegistryError
 

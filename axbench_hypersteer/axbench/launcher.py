@@ -67,11 +67,11 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from .. import train_stage
-from ..config import ConfigError
-from ..fileio import atomic_write_text
-from ..hypersteer import CONFIG_NAME
-from ..run_config import RunConfig, canonical_method, is_hypersteer_method, load_run_config
+from ..core.config import ConfigError
+from ..core.fileio import atomic_write_text
+from ..core.hypersteer import CONFIG_NAME
+from ..pipeline import train_stage
+from ..pipeline.run_config import RunConfig, canonical_method, is_hypersteer_method, load_run_config
 from . import models as models_mod
 from .registry import NAMES, import_axbench, register
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import types
 
-from ..run_config import METHOD_ALIASES
+from ..pipeline.run_config import METHOD_ALIASES
 from .models import HyperSteerInContext, HyperSteerNoContext, HyperSteerXAttn
 
 INSTALL_HINT = (

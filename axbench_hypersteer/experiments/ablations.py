@@ -49,11 +49,13 @@ import pandas as pd
 import torch
 import yaml
 
-from ..config import ConfigError, TrainConfig
-from ..data import SteeringCollator, load_train_frame
-from ..fileio import atomic_write_text, save_tensors
-from ..run_config import METHOD_VARIANTS, canonical_method, is_hypersteer_method, load_run_config
-from ..steering import residual_after
+from ..core.collate import SteeringCollator
+from ..core.config import ConfigError, TrainConfig
+from ..core.fileio import atomic_write_text, save_tensors
+from ..core.steering import residual_after
+from ..pipeline.data import load_train_frame
+from ..pipeline.run_config import (METHOD_VARIANTS, canonical_method, is_hypersteer_method,
+                                   load_run_config)
 from .common import (_prompt_fits, autocast_for, example_losses, judge_scores, judge_session,
                      limit_metadata, load_base_for, loss_summary, mean_pm, new_figure,
                      prepare_splits, save_png, train_or_load, with_overrides, write_table)

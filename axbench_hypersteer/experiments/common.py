@@ -9,7 +9,7 @@ Evaluation protocol (used by ``scaling`` and ``ablations``):
 * **held-in examples** are examples of training concepts held back from training: the concept was
   seen, the (prompt, answer) pair was not (the paper's held-in setting).
 * the **steering loss** of an example is the steered base model's mean cross-entropy on its answer
-  tokens (labels from :class:`~axbench_hypersteer.data.SteeringCollator`, factor 1.0, the scale the
+  tokens (labels from :class:`~..core.collate.SteeringCollator`, factor 1.0, the scale the
   hypernetwork is trained at); a set's loss is the mean over concepts of the per-concept mean, with
   the std over concepts. The same examples at factor 0.0 give the unsteered base model's loss.
 
@@ -37,16 +37,18 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, JudgeConfig
-from ..data import (IGNORE_INDEX, NEGATIVE_ID, DataError, SteeringCollator, format_prompt,
-                    generate_dir, load_metadata, normalise_concept, read_parquet,
-                    train_parquet_files)
-from ..fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
-from ..hypersteer import HyperSteer
-from ..steering_loss import EVAL_COLUMNS, example_losses, prompt_fits as _prompt_fits  # noqa: F401
-from ..run_config import MethodSpec, RunConfig
-from ..tiny import load_base
-from ..train_stage import is_trained, method_dir, train_method
+from ..core.collate import SteeringCollator
+from ..core.config import ConfigError, JudgeConfig
+from ..core.errors import DataError
+from ..core.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
+from ..core.hypersteer import HyperSteer
+from ..core.loading import load_base
+from ..pipeline.data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept,
+                             read_parquet, train_parquet_files)
+from ..pipeline.run_config import MethodSpec, RunConfig
+from ..pipeline.steering_loss import EVAL_COLUMNS, example_losses  # noqa: F401
+from ..pipeline.steering_loss import prompt_fits as _prompt_fits  # noqa: F401
+from ..pipeline.train_stage import is_trained, method_dir, train_method
 
 logger = logging.getLogger(__name__)
 
@@ -385,9 +387,9 @@ def judge_scores(config_path: str | Path, run: RunConfig, dump_dir: str | Path, 
     chosen per concept on ``steering``, score read on ``steering_test``. Works in
     ``dump_dir/judge_<name>/`` (its ``train`` links to the dump's). Returns per method
     ``{"mean", "std", "n_concepts"}`` of the overall (harmonic-mean) score."""
-    from ..evaluate import MODES, run_evaluate
-    from ..inference_stage import run_inference
-    from ..report import summarize
+    from ..pipeline.evaluate import MODES, run_evaluate
+    from ..pipeline.inference_stage import run_inference
+    from ..pipeline.report import summarize
 
     eval_dump = Path(dump_dir) / f"judge_{name}"
     eval_dump.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,9 @@ from typing import Sequence
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ..data import (NEGATIVE_ID, TRAIN_COLUMNS, DataError, load_metadata, load_train_frame,
-                    read_parquet)
+from ..core.errors import DataError
+from ..pipeline.data import (NEGATIVE_ID, TRAIN_COLUMNS, load_metadata, load_train_frame,
+                             read_parquet)
 from .common import write_generate
 
 

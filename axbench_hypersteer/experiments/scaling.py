@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import ConfigError
-from ..data import load_metadata
-from ..run_config import load_run_config
+from ..core.config import ConfigError
+from ..pipeline.data import load_metadata
+from ..pipeline.run_config import load_run_config
 from .common import (autocast_for, example_losses, judge_scores, judge_session, limit_metadata,
                      load_base_for, loss_summary, mean_pm, nested_subsets, new_figure,
                      parse_sizes, prepare_splits, save_png, train_or_load, with_overrides,

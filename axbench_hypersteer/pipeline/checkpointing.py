@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .fileio import (atomic_write_json, load_tensors, read_json, remove_interrupted_writes,
-                     save_tensors)
+from ..core.fileio import (atomic_write_json, load_tensors, read_json, remove_interrupted_writes,
+                           save_tensors)
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .fileio import atomic_write, atomic_write_text
+from ..core.fileio import atomic_write, atomic_write_text
 
 CONCEPTS = {
     "references to the ocean and sea life": (

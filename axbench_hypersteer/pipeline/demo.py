@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from ..core.fileio import atomic_write_text
+from ..testing.tiny import build_tiny_gemma2, build_tiny_tokenizer, save_tiny
 from .demo_data import CONCEPTS, INSTRUCTIONS, TEMPLATES, write_demo_dataset
-from .fileio import atomic_write_text
-from .tiny import build_tiny_gemma2, build_tiny_tokenizer, save_tiny
 
 DEMO_CONFIG = {
     "train": {
@@ -63,13 +63,13 @@ def prepare(dump_dir: Path) -> Path:
 
 
 def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path:
-    from .config import JudgeConfig
+    from ..core.config import JudgeConfig
+    from ..core.loading import load_base
+    from ..judge.offline_server import start_offline_judge, stop_offline_judge
     from .evaluate import run_evaluate
     from .inference_stage import run_inference
-    from .judge.offline_server import start_offline_judge, stop_offline_judge
     from .report import write_report
     from .run_config import load_run_config
-    from .tiny import load_base
     from .train_stage import train_method
 
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from typing import Any, Protocol, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from axbench_hypersteer.config import JudgeConfig
+from axbench_hypersteer.core.config import JudgeConfig
 from axbench_hypersteer.judge.aggregate import (
     JUDGE_EVALUATOR, PPL_EVALUATOR, RowJudgements, is_complete, lm_judge_metrics,
     perplexity_metrics)
@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from axbench_hypersteer.run_config import (
-        canonical_method, is_hypersteer_method, load_run_config)
+    from axbench_hypersteer.pipeline.run_config import (canonical_method, is_hypersteer_method,
+                                                        load_run_config)
 
     parser = argparse.ArgumentParser(prog="hypersteer evaluate",
                                      description="LLM judge -> evaluate/{mode}.jsonl")

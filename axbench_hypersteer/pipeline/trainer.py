@@ -23,12 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from ..core.collate import SteeringCollator
+from ..core.config import TrainConfig
+from ..core.fileio import load_tensors
+from ..core.hypersteer import HyperSteer
 from .checkpointing import list_checkpoints, load_latest_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .data import SteeringCollator, TrainDataset
+from .data import TrainDataset
 from .distributed import DistInfo, all_reduce_mean
-from .fileio import load_tensors
-from .hypersteer import HyperSteer
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ class Trainer:
 
     def _check_lengths(self, frame, what: str = "training") -> None:
         """Fail before the first step, not at step 10 000, when a prompt leaves no answer token."""
-        from .data import DataError, format_prompt
+        from ..core.collate import format_prompt
+        from ..core.errors import DataError
 
         tok = self.model.tokenizer
         prompts = tok([format_prompt(tok, x) for x in frame["input"]],

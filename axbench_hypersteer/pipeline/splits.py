@@ -22,9 +22,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .data import (NEGATIVE_ID, DataError, generate_dir, load_metadata, normalise_concept,
-                   read_parquet, train_parquet_files)
-from .fileio import atomic_write, atomic_write_json, atomic_write_text
+from ..core.errors import DataError
+from ..core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from .data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept, read_parquet,
+                   train_parquet_files)
 
 __all__ = ["DataError", "SplitSummary", "load_eval_concepts", "main", "make_split",
            "normalise_concept"]

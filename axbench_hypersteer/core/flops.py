@@ -40,7 +40,7 @@ Everything is an exact integer function of a transformers config, so tests can c
 tests/test_flops.py also checks it against torch's FlopCounterMode on real training steps (equal
 to the FLOP, RoPE's outer product aside).
 
-    >>> from axbench_hypersteer.flops import *
+    >>> from axbench_hypersteer.core.flops import *
     >>> g = gemma2_2b_shapes()
     >>> step = training_step_flops(g, HypernetShapes(22), steering_layer=20, batch_size=12,
     ...                            tokens=160, steering_tokens=16)
@@ -105,7 +105,7 @@ class LMShapes:
 
 @dataclass(frozen=True)
 class HypernetShapes:
-    """The hypernetwork as built by :class:`~axbench_hypersteer.hypernet.HyperNetwork`: the first
+    """The hypernetwork as built by :class:`~.hypernet.HyperNetwork`: the first
     ``num_blocks`` blocks of the base model (same widths, no LM head), plus, for the
     cross-attention variant, one full-width cross-attention per block (q, k, v, o all d×d; k and v
     read the base residual), and a ``d×d`` readout on one token per row."""

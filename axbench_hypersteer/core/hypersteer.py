@@ -17,10 +17,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import __version__
+from .. import __version__
 from .answer_loss import answer_loss, has_plain_head
+from .collate import SteeringCollator, format_prompt
 from .config import ConfigError, HyperSteerConfig
-from .data import SteeringCollator, format_prompt
 from .fileio import atomic_write_json, load_tensors, read_json, save_tensors
 from .hypernet import HyperNetwork
 from .steering import DeltaFn, Steerer, SteeringSource, residual_after

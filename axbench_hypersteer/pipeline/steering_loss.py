@@ -20,9 +20,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE_INDEX, SteeringCollator, format_prompt, load_train_frame
-from .fileio import atomic_write_text
-from .hypersteer import HyperSteer
+from ..core.collate import IGNORE_INDEX, SteeringCollator, format_prompt
+from ..core.fileio import atomic_write_text
+from ..core.hypersteer import HyperSteer
+from .data import load_train_frame
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +105,9 @@ def steering_loss_records(hs: HyperSteer, method: str, frame: pd.DataFrame,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..core.loading import load_base
     from .inference_stage import inference_methods, load_method, resolve_concepts
     from .run_config import load_run_config
-    from .tiny import load_base
 
     parser = argparse.ArgumentParser(prog="hypersteer steering-loss", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
+from ..core.config import ConfigError
+from ..core.fileio import atomic_write_json, atomic_write_text
+from ..core.hypersteer import CONFIG_NAME, HyperSteer
+from ..core.loading import load_base
 from .data import generate_dir, load_metadata, load_train_frame
 from .distributed import barrier, setup_distributed, teardown
-from .fileio import atomic_write_json, atomic_write_text
-from .hypersteer import CONFIG_NAME, HyperSteer
 from .run_config import MethodSpec, RunConfig, load_run_config
-from .tiny import load_base
 from .trainer import Trainer, TrainResult
 
 logger = logging.getLogger(__name__)

@@ -21,18 +21,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import InferenceConfig
-from .data import DataError, format_prompt, load_metadata
-from .fileio import atomic_write, remove_interrupted_writes
-from .generation import SteerRow, steer_rows
-from .hypersteer import HyperSteer
+from ..core.collate import format_prompt
+from ..core.config import InferenceConfig
+from ..core.errors import DataError
+from ..core.fileio import atomic_write, remove_interrupted_writes
+from ..core.generation import SteerRow, steer_rows
+from ..core.hypersteer import HyperSteer
+from ..core.loading import load_base
+from .data import load_metadata
 from .run_config import RunConfig, canonical_method, is_hypersteer_method, load_run_config
-from .tiny import load_base
 from .train_stage import method_dir
 
 logger = logging.getLogger(__name__)
 
-RESOURCES = Path(__file__).parent / "resources"
+RESOURCES = Path(__file__).parents[1] / "resources"
 BASE_COLUMNS = ("dataset_name", "concept_id", "input_concept", "input_id", "factor",
                 "original_prompt", "steered_input", "input")
 CONCEPTS_PER_CALL = 8  # concepts whose rows share generate calls

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 
-from .config import ConfigError, read_yaml_mapping, HyperSteerConfig, InferenceConfig, JudgeConfig, TrainConfig
+from ..core.config import (ConfigError, read_yaml_mapping, HyperSteerConfig, InferenceConfig,
+                           JudgeConfig, TrainConfig)
 
 # AxBench method name -> variant. Class names are the artifact keys; the snake_case aliases are
 # what users type (`--method hypersteer_xattn`).

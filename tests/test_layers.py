@@ -1,0 +1,117 @@
+"""The package's layers (README, "Layout") hold: a module imports only from its own layer and the
+layers below it.
+
+    cli.py, */__main__.py        top: entry points; parse arguments, catch user errors
+    axbench/  experiments/       AxBench adapter; paper experiments
+    pipeline/                    data, splits, stages, trainer, report, demo
+    judge/                       the LLM judge client
+    core/     testing/           the model; tiny test models (testing imports nothing of the package)
+
+Two checks, because each misses what the other sees: a static scan of every import statement
+(also the ones inside functions, which run only on some code paths), and a fresh interpreter that
+imports all of ``core`` and loads a model, then lists what actually got imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "axbench_hypersteer"
+
+# What each layer may import from the package, besides itself and the package root (__version__).
+ALLOWED = {
+    "testing": set(),
+    "core": {"testing"},
+    "judge": {"core"},
+    "pipeline": {"core", "judge", "testing"},
+    "axbench": {"core", "pipeline"},
+    "experiments": {"core", "judge", "pipeline", "testing"},
+}
+# Third-party packages of the layers above core that core must not pull in.
+NOT_IN_CORE = ("pandas", "pyarrow", "matplotlib", "openai")
+
+
+def _layer(module: str) -> str | None:
+    """``axbench_hypersteer.core.config`` -> ``core``; the package root itself -> None."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def _package_imports(path: Path) -> list[tuple[int, str]]:
+    """Every package module (or root attribute) one file imports, as (line, absolute name)."""
+    package = list(path.relative_to(PACKAGE.parent).parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            # `from axbench_hypersteer import pipeline`: the name is what says the layer
+            found += [(node.lineno, f"{target}.{a.name}" if _layer(target) is None else target)
+                      for a in node.names]
+    return [(line, name) for line, name in found if name.startswith("axbench_hypersteer.")]
+
+
+def layer_violations() -> list[str]:
+    errors = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        own = _layer(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts))
+        if own not in ALLOWED or path.name == "__main__.py":
+            continue  # entry points (cli.py, python -m ...) and the package root sit on top
+        for line, name in _package_imports(path):
+            other = _layer(name)
+            if other not in (own, "__version__") and other not in ALLOWED[own]:
+                errors.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {own}/ imports {name}")
+    return sorted(errors, key=lambda e: (e.split(":")[0], int(e.split(":")[1])))
+
+
+def test_no_layer_imports_from_a_layer_above_it():
+    assert layer_violations() == []
+
+
+def test_the_scan_sees_a_violation(tmp_path, monkeypatch):
+    """The scan itself can fail: a core module importing the pipeline (even lazily) is reported."""
+    fake = tmp_path / "axbench_hypersteer"
+    (fake / "core").mkdir(parents=True)
+    (fake / "core" / "bad.py").write_text(
+        "def f():\n    from ..pipeline.data import load_metadata\n    from .config import X\n"
+        "from axbench_hypersteer import __version__, judge\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert layer_violations() == [
+        "axbench_hypersteer/core/bad.py:2: core/ imports axbench_hypersteer.pipeline.data",
+        "axbench_hypersteer/core/bad.py:4: core/ imports axbench_hypersteer.judge"]
+
+
+def test_importing_core_and_loading_a_model_pulls_in_nothing_above_it():
+    code = (
+        "import importlib, json, pkgutil, sys\n"
+        "import axbench_hypersteer.core as core\n"
+        "for m in pkgutil.walk_packages(core.__path__, 'axbench_hypersteer.core.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "from axbench_hypersteer.core.loading import load_base\n"
+        "from axbench_hypersteer.core.hypersteer import HyperSteer\n"
+        "from axbench_hypersteer.core.config import HyperSteerConfig\n"
+        "model, tok = load_base('tiny')\n"
+        "HyperSteer.from_base(model, tok, HyperSteerConfig(steering_layer=1, num_blocks=1))\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, check=True).stdout
+    modules = json.loads(out.strip().splitlines()[-1])
+    above = [m for m in modules if m.startswith("axbench_hypersteer.")
+             and _layer(m) not in ("core", "testing")]
+    heavy = [m for m in modules if m.split(".")[0] in NOT_IN_CORE]
+    assert above == [] and heavy == []
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_every_layer_is_a_folder_with_a_docstring(layer):
+    init = PACKAGE / layer / "__init__.py"
+    assert init.is_file() and ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
