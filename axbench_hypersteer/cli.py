@@ -7,9 +7,11 @@
     hypersteer evaluate   LLM judge → evaluate/{mode}.jsonl
     hypersteer steering-loss  judge-free: steered loss on reference answers per factor
     hypersteer report     best factor on `steering`, score on `steering_test`, tables and plots
+    hypersteer --version
 
-Errors a user can fix (bad config, bad data, missing checkpoint, judge unreachable) are printed
-as one line naming the file or key, with exit status 2, instead of a traceback.
+Errors a user can fix (bad config, bad data, missing checkpoint, judge unreachable: every
+``HyperSteerError``) are printed as one line naming the file or key, with exit status 2, instead
+of a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import importlib
 import logging
 import os
 import sys
+from typing import Callable
+
+from . import __version__
 
 COMMANDS = {
     "demo": "axbench_hypersteer.pipeline.demo",
@@ -30,25 +35,24 @@ COMMANDS = {
 }
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from .core.config import ConfigError
-    from .core.errors import DataError
-    from .core.fileio import CorruptFileError, UnsafeFileError
-    from .pipeline.evaluate import EvaluateError
-    from .pipeline.report import ReportError
+def run_command(prog: str, entry: Callable[[list[str]], int | None], argv: list[str]) -> int:
+    """Run one command's ``main``; a :class:`HyperSteerError` becomes one stderr line and exit
+    status 2 (the user can fix it), anything else keeps its traceback (a bug). Shared by
+    ``hypersteer``, ``python -m axbench_hypersteer.experiments`` and ``...axbench``."""
+    from .core.errors import HyperSteerError
 
-    errors: list[type[BaseException]] = [ConfigError, DataError, EvaluateError, ReportError,
-                                         UnsafeFileError, CorruptFileError, FileNotFoundError]
     try:
-        from .judge.client import JudgeUnavailableError
-        errors.append(JudgeUnavailableError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+        return int(entry(argv) or 0)
+    except HyperSteerError as err:
+        print(f"{prog}: error: {err}" if prog else f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--version":
+        print(f"hypersteer {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.split("\n\n")[1])
         if argv and argv[0] not in ("-h", "--help"):
@@ -61,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one line per judge request
         logging.getLogger(noisy).setLevel(logging.WARNING)
     module = importlib.import_module(COMMANDS[argv[0]])
-    try:
-        return int(module.main(argv[1:]) or 0)
-    except user_errors() as err:
-        print(f"hypersteer {argv[0]}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(f"hypersteer {argv[0]}", module.main, argv[1:])
 
 
 if __name__ == "__main__":

@@ -311,6 +311,17 @@ def test_load_tensors_still_loads_plain_tensors(tmp_path):
     assert load_tensors(tmp_path / "ok.safetensors")["w"].tolist() == [0.0, 1.0]
 
 
+@pytest.mark.parametrize("name", ["cut.pt", "cut.bin"])
+def test_a_truncated_torch_file_is_reported_corrupt_not_unsafe(tmp_path, name):
+    """A ``.pt`` cut short by a killed copy is damaged, not a code-executing pickle: the message
+    must say "truncated or corrupt", not "refused"."""
+    path = tmp_path / name
+    torch.save({"weight": torch.arange(1000.0)}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(fileio.CorruptFileError, match=rf"{name}: not a readable torch file .*corrupt"):
+        load_tensors(path)
+
+
 def test_from_pretrained_refuses_a_pickled_checkpoint(pipeline, tmp_path):
     model, tokenizer = load_base(str(pipeline.base_model))
     checkpoint = pipeline.copy_dump(tmp_path / "dump", ("train",)) / "train" / METHOD

@@ -5,20 +5,14 @@
 import logging
 import sys
 
-from ..core.config import ConfigError
-from ..core.errors import DataError
-from .launcher import CheckpointMissing, main
-from .registry import AxBenchNotInstalled, RegistryError
+from ..cli import run_command
+from .launcher import main
 
 
 def _run() -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return main()
-    except (AxBenchNotInstalled, CheckpointMissing, ConfigError, DataError, RegistryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command("", lambda argv: main(), sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -68,10 +68,12 @@ import torch
 import yaml
 
 from ..core.config import ConfigError
+from ..core.errors import MissingFileError
 from ..core.fileio import atomic_write_text
 from ..core.hypersteer import CONFIG_NAME
 from ..pipeline import train_stage
-from ..pipeline.run_config import RunConfig, canonical_method, is_hypersteer_method, load_run_config
+from ..pipeline.run_config import (RunConfig, canonical_method, is_hypersteer_method,
+                                   load_run_config)
 from . import models as models_mod
 from .registry import NAMES, import_axbench, register
 
@@ -81,7 +83,7 @@ STAGES = ("train", "inference", "evaluate")
 _MISSING = object()
 
 
-class CheckpointMissing(FileNotFoundError):
+class CheckpointMissing(MissingFileError):
     """Inference was asked to steer with a HyperSteer method that was never trained."""
 
 
@@ -361,7 +363,7 @@ def run_train(axbench: types.ModuleType, run: RunConfig, selected: list[str],
     scripts = Path(axbench.__file__).resolve().parent / "scripts"
     train_py = scripts / "train.py"
     if not train_py.is_file():
-        raise FileNotFoundError(f"{train_py}: AxBench's train script not found")
+        raise MissingFileError(f"{train_py}: AxBench's train script not found")
     proxy = cpu_patches(patcher)
     single_process_env(patcher)
     patcher.replace_list(sys.path, [str(scripts)] + [p for p in sys.path if p != str(scripts)])

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..core.config import ConfigError
+from ..core.errors import MissingFileError
 from ..core.fileio import read_json
 from ..core.generation import SteerRow, steer_rows
 from ..core.hypersteer import CONFIG_NAME, WEIGHTS_NAME, HyperSteer
@@ -186,12 +187,12 @@ def load_hypersteer(train_dir: str | Path, method: str, model, tokenizer,
                     layer: int | None = None) -> HyperSteer:
     """The trained hypernetwork of ``{train_dir}/{method}``, read from disk once per process.
 
-    Raises FileNotFoundError without a checkpoint, ConfigError for another base model or layer.
+    Raises MissingFileError without a checkpoint, ConfigError for another base model or layer.
     """
     train_dir = Path(train_dir)
     ckpt = train_dir / method
     if not (ckpt / CONFIG_NAME).exists() or not (ckpt / WEIGHTS_NAME).exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no trained HyperSteer checkpoint at {ckpt} (expected {CONFIG_NAME} and "
             f"{WEIGHTS_NAME}); run train first: python -m axbench_hypersteer.axbench train "
             "--config <yaml> --dump_dir <dump>")

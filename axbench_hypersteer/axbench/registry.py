@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import types
 
+from ..core.errors import HyperSteerError
 from ..pipeline.run_config import METHOD_ALIASES
 from .models import HyperSteerInContext, HyperSteerNoContext, HyperSteerXAttn
 
@@ -33,15 +34,15 @@ NAMES: dict[str, type] = {**CLASSES,
                           **{alias: CLASSES[name] for alias, name in METHOD_ALIASES.items()}}
 
 
-class AxBenchNotInstalled(ImportError):
+class AxBenchNotInstalled(HyperSteerError, ImportError):
     """``import axbench`` failed; the message says how to install it."""
 
 
-class RegistryError(RuntimeError):
+class RegistryError(HyperSteerError, RuntimeError):
     """Registering would overwrite a different attribute of the ``axbench`` module."""
 
 
-class UnknownMethodError(LookupError):
+class UnknownMethodError(HyperSteerError, LookupError):
     """A method name that is not one of ours (the message lists the known names)."""
 
     def __str__(self) -> str:  # LookupError would repr() the message

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .errors import ConfigError
+
 VARIANTS = ("nocontext", "incontext", "xattn")
 INITS = ("pretrained", "random")
 READOUTS = ("last_token", "mean")
@@ -25,10 +27,6 @@ OBJECTIVES = ("lm", "reconstruction", "both")
 # The separator between steering prompt and base prompt for the in-context variant. It is plain
 # text (no new special tokens) so a pretrained-initialised hypernetwork can read it.
 DEFAULT_IN_CONTEXT_TEMPLATE = "{steering_prompt}\n\n### Steer this prompt:\n{base_prompt}"
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type, or an impossible value."""
 
 
 def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:

@@ -11,23 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .errors import CorruptFileError, MissingFileError, UnsafeFileError
+
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled, so text-only users stay light
     import torch
-
-
-class UnsafeFileError(ValueError):
-    """A file would need arbitrary code execution (pickle) to load."""
-
-
-class CorruptFileError(ValueError):
-    """A file exists but cannot be parsed (truncated, wrong format, invalid JSON)."""
 
 
 # torch.save writes a zip archive; older torch and plain pickle start with the PROTO opcode.
@@ -102,11 +97,10 @@ def save_tensors(path: str | Path, tensors: dict[str, "torch.Tensor"],
 def load_tensors(path: str | Path) -> dict[str, "torch.Tensor"]:
     """Load a safetensors file, or a ``.pt``/``.bin`` file without unpickling arbitrary objects."""
     import torch
-    import torch
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingFileError(f"{path}: file not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -124,11 +118,15 @@ def load_tensors(path: str | Path) -> dict[str, "torch.Tensor"]:
                                    "truncated or corrupt, re-train or restore it") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except pickle.UnpicklingError as err:  # what weights_only raises for a non-tensor object
         raise UnsafeFileError(
             f"{path}: refused to load (only plain tensors are accepted; "
             f"weights_only=True load failed: {str(err).splitlines()[0]})"
         ) from None
+    except Exception as err:  # truncated zip, not a torch file at all, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CorruptFileError(f"{path}: not a readable torch file ({reason}); "
+                               "truncated or corrupt, re-create or restore it") from None
     if isinstance(obj, torch.Tensor):
         return {"weight": obj}
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -142,6 +140,6 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingFileError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptFileError(f"{path}: not valid JSON ({err})") from None

@@ -21,6 +21,7 @@ from .. import __version__
 from .answer_loss import answer_loss, has_plain_head
 from .collate import SteeringCollator, format_prompt
 from .config import ConfigError, HyperSteerConfig
+from .errors import MissingFileError
 from .fileio import atomic_write_json, load_tensors, read_json, save_tensors
 from .hypernet import HyperNetwork
 from .steering import DeltaFn, Steerer, SteeringSource, residual_after
@@ -254,7 +255,7 @@ class HyperSteer(nn.Module):
                         backend: str = "pyvene") -> "HyperSteer":
         directory = Path(directory)
         if not (directory / CONFIG_NAME).exists() or not (directory / WEIGHTS_NAME).exists():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{directory}: no trained HyperSteer checkpoint here "
                 f"(expected {CONFIG_NAME} and {WEIGHTS_NAME})"
             )

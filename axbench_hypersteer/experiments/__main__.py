@@ -23,14 +23,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from ..cli import user_errors
+    from ..cli import run_command
 
     module = importlib.import_module(EXPERIMENTS[argv[0]])
-    try:
-        return int(module.main(argv[1:]) or 0)
-    except user_errors() as err:
-        print(f"experiments {argv[0]}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(f"experiments {argv[0]}", module.main, argv[1:])
 
 
 if __name__ == "__main__":

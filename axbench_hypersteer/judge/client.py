@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from axbench_hypersteer.core.config import ConfigError, JudgeConfig
+from axbench_hypersteer.core.errors import HyperSteerError
 from axbench_hypersteer.judge.cache import JudgeCache, cache_key
 from axbench_hypersteer.judge.parsing import parse_rating
 
@@ -33,7 +34,7 @@ DUMMY_API_KEY = "EMPTY"
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
-class JudgeUnavailableError(RuntimeError):
+class JudgeUnavailableError(HyperSteerError, RuntimeError):
     """The judge failed so many judgements in a row that carrying on would only burn time."""
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from axbench_hypersteer.core.config import JudgeConfig
+from axbench_hypersteer.core.errors import HyperSteerError
 from axbench_hypersteer.judge.aggregate import (
     JUDGE_EVALUATOR, PPL_EVALUATOR, RowJudgements, is_complete, lm_judge_metrics,
     perplexity_metrics)
@@ -41,7 +42,7 @@ GENERATION_SUFFIX = "_steered_generation"
 CONCEPT_WINDOW = 2
 
 
-class EvaluateError(ValueError):
+class EvaluateError(HyperSteerError, ValueError):
     """The inference output cannot be evaluated as asked (missing file, column or method)."""
 
 

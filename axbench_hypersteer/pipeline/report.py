@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from axbench_hypersteer.core.errors import HyperSteerError
 from axbench_hypersteer.core.fileio import atomic_write, atomic_write_text
 
 JUDGE = "LMJudgeEvaluator"
@@ -37,7 +38,7 @@ METRICS = (*CRITERIA, "perplexity")
 Records = dict[int, dict]
 
 
-class ReportError(ValueError):
+class ReportError(HyperSteerError, ValueError):
     """A dump file is missing, empty or not shaped like AxBench's evaluate output (message names it)."""
 
 
