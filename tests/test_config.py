@@ -160,7 +160,8 @@ def test_defaults_are_valid_and_documented_values():
         "xattn", 20, 8, None)
     assert len(InferenceConfig().steering_factors) == 14
     assert TrainConfig().objective == "lm"
-    assert JudgeConfig().max_retries >= 0
+    judge = JudgeConfig()
+    assert (judge.concurrency, judge.max_retries, judge.timeout) == (16, 4, 60.0)  # README's
 
 
 # ----- YAML -----------------------------------------------------------------------------------

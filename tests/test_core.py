@@ -419,6 +419,36 @@ def test_xattn_requires_context(gemma, tokenizer):
         hs.steering_vectors(STEER)
 
 
+@pytest.mark.parametrize("variant", ["nocontext", "xattn"])
+def test_steering_vectors_track_gradients_only_in_training_mode(gemma, tokenizer, variant):
+    """Inference callers get detached vectors (no autograd graph kept alive); a training loop
+    that calls it in train mode still gets gradients."""
+    hs = make_hs(gemma, tokenizer, variant)
+    hs.hypernet.eval()
+    assert not hs.steering_vectors(STEER, BASE).requires_grad
+    hs.hypernet.train()
+    vectors = hs.steering_vectors(STEER, BASE)
+    assert vectors.requires_grad
+    vectors.sum().backward()
+    assert hs.hypernet.readout.weight.grad is not None
+    with torch.no_grad():
+        assert not hs.steering_vectors(STEER, BASE).requires_grad
+
+
+def test_building_a_hypernetwork_leaves_the_global_rng_alone(gemma, tokenizer):
+    """Construction is seeded by config.seed (same weights every time) on a forked RNG: the
+    caller's random stream continues as if nothing had happened (it used to be reset)."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = make_hs(gemma, tokenizer, "xattn", seed=7)
+    assert torch.equal(torch.rand(3), expected)
+    second = make_hs(gemma, tokenizer, "xattn", seed=7)
+    for (name, a), b in zip(first.hypernet.state_dict().items(),
+                            second.hypernet.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 # ----- 8. persistence -------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["nocontext", "xattn"])
 def test_save_and_load_round_trip(gemma, tokenizer, variant, tmp_path):

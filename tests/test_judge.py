@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from axbench_hypersteer import cli
 from axbench_hypersteer.core.config import ConfigError, JudgeConfig
 from axbench_hypersteer.judge import (
     JudgeCache,
@@ -29,6 +30,7 @@ from axbench_hypersteer.judge import (
 )
 from axbench_hypersteer.judge.client import parse_retry_after
 from axbench_hypersteer.judge.prompts import detect_criterion
+from axbench_hypersteer.pipeline.common import PromptSplit, record_split
 from axbench_hypersteer.pipeline.evaluate import (EvaluateError, main, run_evaluate,
                                                   split_by_input_id)
 from judge_server import (
@@ -82,6 +84,7 @@ def write_steering_data(dump_dir: Path, n_concepts: int = 2, n_prompts: int = 10
     df = pd.DataFrame(rows)
     (dump_dir / "inference").mkdir(parents=True, exist_ok=True)
     df.to_parquet(dump_dir / "inference" / "steering_data.parquet", index=False)
+    record_split(dump_dir, PromptSplit(n_prompts, 0.5))  # as `hypersteer inference` does
     return df
 
 
@@ -265,13 +268,37 @@ def test_endpoint_from_env_and_dummy_key(monkeypatch):
 
 def test_split_by_input_id_matches_axbench(tmp_path):
     df = write_steering_data(tmp_path, n_concepts=2, n_prompts=10)
-    steer, test = split_by_input_id(df, "steering"), split_by_input_id(df, "steering_test")
+    split = PromptSplit(10, 0.5)
+    steer, test = split_by_input_id(df, "steering", split), split_by_input_id(df, "steering_test", split)
     assert sorted(steer["input_id"].unique()) == [0, 1, 2, 3, 4]
     assert sorted(test["input_id"].unique()) == [5, 6, 7, 8, 9]
     assert len(steer) + len(test) == len(df)
-    five = df[df["input_id"] < 5]
-    assert sorted(split_by_input_id(five, "steering")["input_id"].unique()) == [0, 1, 2]
     assert list(steer["factor"][:2]) == [0.5, 1.0]  # sorted by (concept, input_id, factor)
+
+
+def test_the_split_comes_from_the_config_not_from_the_ids_present(tmp_path):
+    """Inference of `steering` alone writes prompts 0..4 of 10: evaluating it must judge 0..4
+    (it used to re-split the five ids present, judging 0..2 and calling 3..4 the test split)."""
+    df = write_steering_data(tmp_path, n_concepts=1, n_prompts=10)
+    df[df["input_id"] < 5].to_parquet(tmp_path / "inference" / "steering_data.parquet")
+    with FaultJudgeServer() as server:
+        summary = run_evaluate(tmp_path, judge_config(server), "steering", progress=False)
+        prompts = [r.prompt for r in server.received]
+    assert summary.calls == 5 * len(FACTORS) * len(METHODS) * 3
+    assert all(any(f" i{i} " in p for p in prompts) for i in range(5))
+    data = pd.read_parquet(tmp_path / "evaluate" / "steering_data.parquet")
+    assert sorted(set(data["input_id"])) == [0, 1, 2, 3, 4]
+
+
+def test_evaluate_refuses_a_split_other_than_the_recorded_one(tmp_path):
+    write_steering_data(tmp_path, n_concepts=1, n_prompts=10)
+    with pytest.raises(ConfigError, match=r"prompt_split\.json: .*steering_num_of_examples=10, "
+                                          r"split_ratio=0\.5.*steering_num_of_examples=8"):
+        run_evaluate(tmp_path, JudgeConfig(), "steering", split=PromptSplit(8, 0.5),
+                     progress=False)
+    (tmp_path / "inference" / "prompt_split.json").unlink()
+    with pytest.raises(ConfigError, match=r"no prompt split recorded.*--config"):
+        run_evaluate(tmp_path, JudgeConfig(), "steering", progress=False)
 
 
 def test_evaluate_writes_axbench_layout(tmp_path):
@@ -340,7 +367,7 @@ def test_evaluate_input_errors_name_file_and_column(tmp_path):
     with pytest.raises(EvaluateError, match=r"steering_data\.parquet.*input_id"):
         run_evaluate(tmp_path, JudgeConfig(), "steering", progress=False)
     with pytest.raises(EvaluateError, match="mode"):
-        split_by_input_id(df, "latent")
+        split_by_input_id(df, "latent", PromptSplit(10, 0.5))
 
 
 def test_cli_entry_point(tmp_path, monkeypatch, capsys):
@@ -350,7 +377,7 @@ def test_cli_entry_point(tmp_path, monkeypatch, capsys):
         argv = ["--dump_dir", str(tmp_path), "--mode", "steering_test", "--no_progress"]
         assert main([*argv, "--method", "HyperSteer"]) == 0
         assert len(server.received) == 10 * 3
-        assert main([*argv, "--method", "Missing"]) == 2
+        assert cli.main(["evaluate", *argv, "--method", "Missing"]) == 2
     assert "'Missing_steered_generation'" in capsys.readouterr().err
     assert (tmp_path / "evaluate" / "steering_test_data.parquet").is_file()
 

@@ -110,8 +110,8 @@ def test_killed_inference_resumes_only_missing_concepts(pipeline, tmp_path, monk
         assert len(finished) == 1, finished
         first = finished[0]
         first_state = (first.stat().st_mtime_ns, first.read_bytes())
-        merged = pd.read_parquet(dump / "inference" / "steering_data.parquet")
-        assert merged["concept_id"].nunique() == 1  # finished work is already in the output
+        # finished work is in its part; the merged output is written once, at the end
+        assert not (dump / "inference" / "steering_data.parquet").exists()
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -149,6 +149,22 @@ def test_killed_inference_resumes_only_missing_concepts(pipeline, tmp_path, monk
 
 
 # ------------------------------------------------------------------------------- atomic writes
+
+
+def test_inference_merges_the_parts_once(pipeline, tmp_path, monkeypatch):
+    """steering_data.parquet is rebuilt from the parts once, at the end: rebuilding it after every
+    chunk re-read every finished part (quadratic I/O for Concept500 x 14 factors)."""
+    config = str(pipeline.write_config(tmp_path / "config.yaml"))
+    monkeypatch.setattr(stage, "CONCEPTS_PER_CALL", 1)
+    merges = []
+    real_merge = stage.merge_parts
+    monkeypatch.setattr(stage, "merge_parts", lambda d: merges.append(d) or real_merge(d))
+    dump = pipeline.copy_dump(tmp_path / "dump")
+    assert cli.main(["inference", "--config", config, "--dump_dir", str(dump), "--mode",
+                     "steering", "--concepts", str(pipeline.concepts)]) == 0
+    assert len(merges) == 1
+    merged = pd.read_parquet(dump / "inference" / "steering_data.parquet")
+    assert merged["concept_id"].nunique() == N_CONCEPTS
 
 def _fail_replace(monkeypatch):
     def replace(src, dst):

@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from axbench_hypersteer import cli
+from axbench_hypersteer.pipeline import common
 from axbench_hypersteer.pipeline.report import summarize
 
 from pipeline_fixture import METHOD, shared_pipeline
@@ -47,3 +49,26 @@ def test_steering_loss_stage_writes_records_the_report_reads(pipeline, tmp_path)
     table = summarize(dump)
     assert "loss_best_mean" in table.columns
     assert table.loc[table["method"] == METHOD, "loss_best_mean"].notna().all()
+
+
+def test_steering_loss_loads_the_base_as_every_stage_does(pipeline, tmp_path, monkeypatch):
+    """``use_bf16`` on a GPU: the base model in bf16 (and bf16 autocast), as train and inference
+    load it; steering-loss used to load fp32 whatever the config said. Loading is observed (and
+    done on CPU in fp32) so that the test runs without a GPU."""
+    requested = []
+    real_load_base = common.load_base
+
+    def observed(name, dtype=torch.float32, device=None):
+        requested.append((dtype, device))
+        return real_load_base(name)
+
+    monkeypatch.setattr(common, "load_base", observed)
+    monkeypatch.setattr(common, "stage_device", lambda: "cuda")
+    config = json.loads(json.dumps(pipeline.config))
+    config["train"]["use_bf16"] = True
+    dump = pipeline.copy_dump(tmp_path / "dump")
+    assert cli.main(["steering-loss", "--config", str(pipeline.write_config(tmp_path / "c.yaml",
+                                                                              config)),
+                     "--dump_dir", str(dump), "--data_dir", str(dump),
+                     "--concepts", str(pipeline.concepts), "--max_examples", "2"]) == 0
+    assert requested == [(torch.bfloat16, "cuda")]

@@ -155,6 +155,24 @@ def test_fresh_start_discards_an_earlier_runs_checkpoints(tokenizer, concept10_d
     assert make(2).train(resume=True).resumed_from.endswith("step_00000002")
 
 
+def test_a_fresh_run_starts_a_fresh_train_log(tokenizer, concept10_dir, tmp_path):
+    """A non-resumed run rewrites train_log.jsonl (it used to append to the old run's lines);
+    a resumed one appends."""
+    frame = load_train_frame(concept10_dir, max_num_of_examples=1, seed=0)
+
+    def make(steps: int) -> Trainer:
+        return Trainer(make_hs(tiny_base(tokenizer), tokenizer, "nocontext"), frame,
+                       train_cfg(batch_size=2, max_steps=steps, checkpoint_every=1), tmp_path,
+                       progress=False)
+
+    make(3).train()
+    assert [r["step"] for r in read_log(tmp_path / "train_log.jsonl")] == [1, 2, 3]
+    make(2).train()
+    assert [r["step"] for r in read_log(tmp_path / "train_log.jsonl")] == [1, 2]
+    make(3).train(resume=True)
+    assert [r["step"] for r in read_log(tmp_path / "train_log.jsonl")] == [1, 2, 3]
+
+
 def test_sigkill_and_resume_matches_uninterrupted(saved_base, concept10_dir, tmp_path):
     config = write_run_yaml(tmp_path / "cfg.yaml", str(saved_base), {
         "HyperSteerXAttn": method_entry(max_steps=12, checkpoint_every=2, keep_checkpoints=2,

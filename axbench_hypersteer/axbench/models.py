@@ -43,7 +43,7 @@ from ..core.errors import MissingFileError
 from ..core.fileio import read_json
 from ..core.generation import SteerRow, steer_rows
 from ..core.hypersteer import CONFIG_NAME, WEIGHTS_NAME, HyperSteer
-from ..pipeline import train_stage
+from ..pipeline import common, train_stage
 from ..pipeline.run_config import MethodSpec, RunConfig, load_run_config
 
 logger = logging.getLogger(__name__)
@@ -130,10 +130,10 @@ def _single_process() -> Iterator[None]:
 def _wait_for_checkpoint(root: Path, method: str) -> None:
     limit = float(os.environ.get(WAIT_ENV, 48 * 3600))
     start = time.monotonic()
-    while not train_stage.is_trained(root, method):
+    while not common.is_trained(root, method):
         if time.monotonic() - start > limit:
             raise TimeoutError(f"waited {limit:.0f}s for rank 0 to train "
-                               f"{train_stage.method_dir(root, method)} (set {WAIT_ENV})")
+                               f"{common.method_dir(root, method)} (set {WAIT_ENV})")
         time.sleep(10)
 
 
@@ -291,9 +291,9 @@ class HyperSteerModel(ModelBase):
             raise ValueError(f"{self}: expected AxBench's <dump>/train as dump_dir, "
                              f"got {train_dir}")
         root = train_dir.parent
-        if train_stage.is_trained(root, self.method_name):
+        if common.is_trained(root, self.method_name):
             logger.info("%s: already trained in %s; train() is a no-op", self,
-                        train_stage.method_dir(root, self.method_name))
+                        common.method_dir(root, self.method_name))
             return
         metadata_path = kwargs.get("metadata_path") or self._make_kwargs.get("metadata_path")
         if not metadata_path:

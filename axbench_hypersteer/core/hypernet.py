@@ -160,29 +160,32 @@ class HyperNetwork(nn.Module):
             hyper_config.layer_types = list(hyper_config.layer_types[:num_blocks])
         hyper_config.use_cache = False
         base_inner = base_model.base_model  # e.g. Gemma2Model: embeddings, layers, final norm
-        torch.manual_seed(config.seed)
-        self.body = type(base_inner)(hyper_config)
-        if config.init == "pretrained":
-            state = {
-                k: v for k, v in base_inner.state_dict().items()
-                if not k.startswith("layers.") or int(k.split(".")[1]) < num_blocks
-            }
-            self.body.load_state_dict(state, strict=True)
+        # Seeded from config.seed on a forked RNG: the same config gives the same weights, and
+        # the caller's global RNG stream (data order, dropout) is left exactly as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.body = type(base_inner)(hyper_config)
+            if config.init == "pretrained":
+                state = {
+                    k: v for k, v in base_inner.state_dict().items()
+                    if not k.startswith("layers.") or int(k.split(".")[1]) < num_blocks
+                }
+                self.body.load_state_dict(state, strict=True)
 
-        width = hyper_config.hidden_size
-        init_range = getattr(base_config, "initializer_range", 0.02)
-        self.cross_attentions = nn.ModuleList()
-        self._sites: list[_CrossAttentionSite] = []
-        if config.variant == "xattn":
-            eps = getattr(base_config, "rms_norm_eps", 1e-6)
-            for layer in self.body.layers:
-                xattn = CrossAttention(width, base_config.hidden_size,
-                                       config.cross_attention_heads, init_range, eps)
-                self.cross_attentions.append(xattn)
-                self._sites.append(_CrossAttentionSite(layer, xattn, self))
-        self.readout = nn.Linear(width, base_config.hidden_size, bias=True)
-        nn.init.normal_(self.readout.weight, std=init_range)
-        nn.init.zeros_(self.readout.bias)
+            width = hyper_config.hidden_size
+            init_range = getattr(base_config, "initializer_range", 0.02)
+            self.cross_attentions = nn.ModuleList()
+            self._sites: list[_CrossAttentionSite] = []
+            if config.variant == "xattn":
+                eps = getattr(base_config, "rms_norm_eps", 1e-6)
+                for layer in self.body.layers:
+                    xattn = CrossAttention(width, base_config.hidden_size,
+                                           config.cross_attention_heads, init_range, eps)
+                    self.cross_attentions.append(xattn)
+                    self._sites.append(_CrossAttentionSite(layer, xattn, self))
+            self.readout = nn.Linear(width, base_config.hidden_size, bias=True)
+            nn.init.normal_(self.readout.weight, std=init_range)
+            nn.init.zeros_(self.readout.bias)
         self._context: tuple[torch.Tensor, torch.Tensor] | None = None
         self.to(getattr(torch, config.dtype))
 

@@ -155,7 +155,13 @@ class HyperSteer(nn.Module):
     def steering_vectors(self, steering_prompts: Sequence[str],
                          base_prompts: Sequence[str] | None = None) -> torch.Tensor:
         """[B, d_model] vectors for raw steering prompts (and raw base prompts where the variant
-        reads them)."""
+        reads them). Detached unless the hypernetwork is in training mode (inference callers
+        would otherwise keep every activation of the hypernetwork alive for a backward pass)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.hypernet.training):
+            return self._steering_vectors(steering_prompts, base_prompts)
+
+    def _steering_vectors(self, steering_prompts: Sequence[str],
+                          base_prompts: Sequence[str] | None) -> torch.Tensor:
         if self.config.variant != "nocontext" and base_prompts is None:
             raise ValueError(f"variant {self.config.variant!r} needs base_prompts")
         if base_prompts is not None and len(base_prompts) != len(steering_prompts):

@@ -34,7 +34,7 @@ from ..core.fileio import atomic_write_json, save_tensors
 from ..pipeline.data import load_metadata
 from ..pipeline.inference_stage import load_prompts
 from ..pipeline.run_config import canonical_method, load_run_config
-from ..pipeline.train_stage import is_trained
+from ..pipeline.common import is_trained
 from .common import load_base_for, load_trained, new_figure, save_png, train_or_load
 
 logger = logging.getLogger(__name__)

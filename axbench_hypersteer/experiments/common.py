@@ -42,13 +42,14 @@ from ..core.config import ConfigError, JudgeConfig
 from ..core.errors import DataError
 from ..core.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 from ..core.hypersteer import HyperSteer
-from ..core.loading import load_base
 from ..pipeline.data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept,
                              read_parquet, train_parquet_files)
 from ..pipeline.run_config import MethodSpec, RunConfig
 from ..pipeline.steering_loss import EVAL_COLUMNS, example_losses  # noqa: F401
 from ..pipeline.steering_loss import prompt_fits as _prompt_fits  # noqa: F401
-from ..pipeline.train_stage import is_trained, method_dir, train_method
+from ..pipeline.common import (PromptSplit, autocast_for, is_trained,  # noqa: F401
+                               load_method, load_stage_base, method_dir)
+from ..pipeline.train_stage import train_method
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +61,8 @@ JUDGE_MODES = ("none", "api", "offline")
 
 
 def load_base_for(run: RunConfig, base=None):
-    """``base`` if given, else the run's base model on the GPU when there is one (bf16 when the
-    config asks for it), as ``hypersteer train`` loads it."""
-    if base is not None:
-        return base
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if run.use_bf16 and device == "cuda" else torch.float32
-    return load_base(run.model_name, dtype=dtype, device=device)
-
-
-def autocast_for(run: RunConfig, model) -> contextlib.AbstractContextManager:
-    device = next(model.parameters()).device
-    return torch.autocast("cuda", dtype=torch.bfloat16,
-                          enabled=bool(run.use_bf16 and device.type == "cuda"))
+    """``base`` if given, else the run's base model as every stage loads it."""
+    return base if base is not None else load_stage_base(run)
 
 
 # ------------------------------------------------------------------------------ AxBench files
@@ -321,11 +311,8 @@ def train_or_load(run: RunConfig, spec: MethodSpec, data_dir: str | Path,
 
 
 def load_trained(dump_dir: str | Path, method: str, base) -> tuple[HyperSteer, dict]:
-    model, tokenizer = base
-    path = method_dir(dump_dir, method)
-    hs = HyperSteer.from_pretrained(path, model, tokenizer)
-    hs.hypernet.eval()
-    summary_path = path / "train_summary.json"
+    hs = load_method(dump_dir, method, base)
+    summary_path = method_dir(dump_dir, method) / "train_summary.json"
     return hs, (read_json(summary_path) if summary_path.exists() else {})
 
 
@@ -401,7 +388,7 @@ def judge_scores(config_path: str | Path, run: RunConfig, dump_dir: str | Path, 
                       base=base, progress=progress)
     for mode in MODES:
         run_evaluate(eval_dump, judge_config, mode, list(methods),
-                     split_ratio=run.inference.split_ratio, progress=progress)
+                     split=PromptSplit.from_config(run.inference), progress=progress)
     summary = summarize(eval_dump)
     out = {}
     for row in summary.itertuples(index=False):

@@ -40,7 +40,7 @@ from ..core.fileio import save_tensors
 from ..pipeline.data import generate_dir, load_metadata
 from ..pipeline.inference_stage import load_prompts
 from ..pipeline.run_config import canonical_method, load_run_config
-from ..pipeline.train_stage import is_trained
+from ..pipeline.common import is_trained
 from .common import (autocast_for, concept_colors, load_base_for, load_trained, new_figure,
                      save_png, short, train_or_load, write_table)
 from .projection import block_means, cosine_matrix, pca_2d, tsne_2d

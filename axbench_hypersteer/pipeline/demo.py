@@ -66,6 +66,7 @@ def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path
     from ..core.config import JudgeConfig
     from ..core.loading import load_base
     from ..judge.offline_server import start_offline_judge, stop_offline_judge
+    from .common import PromptSplit
     from .evaluate import run_evaluate
     from .inference_stage import run_inference
     from .report import write_report
@@ -96,7 +97,7 @@ def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path
     try:
         for mode in ("steering", "steering_test"):
             run_evaluate(dump_dir, judge_config, mode,
-                         split_ratio=run.inference.split_ratio, progress=progress)
+                         split=PromptSplit.from_config(run.inference), progress=progress)
     finally:
         if server is not None:
             stop_offline_judge(server)

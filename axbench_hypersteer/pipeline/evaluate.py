@@ -3,7 +3,8 @@
 Input is ``{dump_dir}/inference/steering_data.parquet``; output is ``evaluate/{mode}.jsonl`` (one
 line per concept, AxBench's metric keys) and ``evaluate/{mode}_data.parquet`` (the rows plus the
 per-row judge columns). Prompts are split by ``input_id`` exactly as AxBench does, so ``steering``
-picks the factor and ``steering_test`` reports it.
+picks the factor and ``steering_test`` reports it; the split is the one inference recorded in the
+dump (:class:`~.common.PromptSplit`), never re-derived from the ids a file holds.
 
 Resumable by design: each concept's line is fsynced as soon as the concept is judged, a concept
 whose line is complete (no failed judgement) is skipped on a re-run, and every successful judge
@@ -31,10 +32,10 @@ from axbench_hypersteer.judge.client import Judgement, JudgeStats, LLMJudge
 from axbench_hypersteer.judge.prompts import build_prompt, load_templates
 from axbench_hypersteer.judge.records import (
     append_record, load_records, rewrite_records, write_data_parquet)
+from axbench_hypersteer.pipeline.common import MODES, PromptSplit, check_split
 
 logger = logging.getLogger(__name__)
 
-MODES = ("steering", "steering_test")
 BASE_COLUMNS = ("concept_id", "input_concept", "input_id", "factor", "input", "original_prompt")
 GENERATION_SUFFIX = "_steered_generation"
 # Concepts judged at once: 2 keeps the judge busy across a concept boundary without holding
@@ -110,21 +111,12 @@ def load_steering_data(
     return df, methods
 
 
-def split_by_input_id(df: pd.DataFrame, mode: str, split_ratio: float = 0.5) -> pd.DataFrame:
-    """AxBench's held-out factor selection split, per concept: with n prompts, the first
-    ``n - round(n * ratio)`` input ids select the factor (``steering``), the rest are the test split
-    (``steering_test``). Rows come back sorted by (concept_id, input_id, factor)."""
+def split_by_input_id(df: pd.DataFrame, mode: str, split: PromptSplit) -> pd.DataFrame:
+    """The rows of one split (AxBench's held-out factor selection: ``steering`` selects the
+    factor, ``steering_test`` reports it), sorted by (concept_id, input_id, factor)."""
     if mode not in MODES:
         raise EvaluateError(f"mode: {mode!r} is not one of {list(MODES)}")
-    if not 0.0 <= split_ratio < 1.0:
-        raise EvaluateError(f"split_ratio: must lie in [0, 1), got {split_ratio}")
-    parts = []
-    for _, group in df.groupby("concept_id", sort=True):
-        n = group["input_id"].nunique()
-        n_steer = n - round(n * split_ratio)
-        keep = group["input_id"] < n_steer if mode == "steering" else group["input_id"] >= n_steer
-        parts.append(group[keep])
-    out = pd.concat(parts) if parts else df.iloc[0:0]
+    out = df[df["input_id"].isin(list(split.ids(mode)))]
     out = out.sort_values(["concept_id", "input_id", "factor"], kind="stable")
     return out.reset_index(drop=True)
 
@@ -199,14 +191,15 @@ async def evaluate(
     methods: Sequence[str] | None = None,
     judge: SupportsJudge | None = None,
     *,
-    split_ratio: float = 0.5,
+    split: PromptSplit | None = None,
     templates_path: str | Path | None = None,
     cache_path: str | Path | None = None,
     progress: bool = True,
 ) -> EvaluateSummary:
     """Judge one split of ``{dump_dir}/inference/steering_data.parquet`` and write the evaluate
     files. ``judge`` (an :class:`LLMJudge`) is built from ``judge_config`` when not given, with its
-    cache at ``cache_path`` (default ``{dump_dir}/evaluate/judge_cache.jsonl``).
+    cache at ``cache_path`` (default ``{dump_dir}/evaluate/judge_cache.jsonl``). ``split`` (from
+    the config) must match the one the dump's inference recorded; either one is enough.
 
     Raises :class:`~axbench_hypersteer.judge.client.JudgeUnavailableError` after saving every
     finished concept if the judge stops answering altogether.
@@ -214,14 +207,14 @@ async def evaluate(
     dump_dir = Path(dump_dir)
     data_path = dump_dir / "inference" / "steering_data.parquet"
     df, methods = load_steering_data(data_path, methods)
-    split = split_by_input_id(df, mode, split_ratio)
+    rows = split_by_input_id(df, mode, check_split(dump_dir, split, "evaluate"))
     templates = load_templates(templates_path)
     out_dir = dump_dir / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl_path, parquet_path = out_dir / f"{mode}.jsonl", out_dir / f"{mode}_data.parquet"
 
     records, dirty = load_records(jsonl_path)
-    groups = {int(c): g for c, g in split.groupby("concept_id", sort=True)}
+    groups = {int(c): g for c, g in rows.groupby("concept_id", sort=True)}
     todo = [c for c in groups if not _is_done(records.get(c), methods, len(groups[c]))]
     previous = {c: records[c] for c in todo if c in records}
     if dirty:
@@ -253,7 +246,7 @@ async def evaluate(
             await judge.aclose()
     if previous:
         rewrite_records(jsonl_path, records)  # one line per concept again (the newest wins)
-    write_data_parquet(parquet_path, split, records, methods)
+    write_data_parquet(parquet_path, rows, records, methods)
     stats = _delta(judge.stats, before)
     summary = EvaluateSummary(
         mode=mode, methods=list(methods), concepts_total=len(groups),
@@ -282,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     """``hypersteer evaluate``: judge one split. Methods come from ``--method``, else the config's
     ``evaluate.models``, else every ``*_steered_generation`` column of the inference output."""
     import argparse
-    import sys
 
     from axbench_hypersteer.pipeline.run_config import (canonical_method, is_hypersteer_method,
                                                         load_run_config)
@@ -297,17 +289,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="method(s) to judge (repeatable)")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
-    judge_config, split_ratio, methods = JudgeConfig(), 0.5, args.method
+    judge_config, split, methods = JudgeConfig(), None, args.method
     if args.config is not None:
         run = load_run_config(args.config)
-        judge_config, split_ratio = run.judge, run.inference.split_ratio
+        judge_config, split = run.judge, PromptSplit.from_config(run.inference)
         methods = methods or (run.raw.get("evaluate") or {}).get("models")
     if methods:  # aliases such as hypersteer_xattn name the column HyperSteerXAttn_*
         methods = [canonical_method(m) if is_hypersteer_method(m) else m for m in methods]
-    try:
-        run_evaluate(args.dump_dir, judge_config, args.mode, methods,
-                     split_ratio=split_ratio, progress=not args.no_progress)
-    except EvaluateError as err:
-        print(f"hypersteer evaluate: error: {err}", file=sys.stderr)
-        return 2
+    run_evaluate(args.dump_dir, judge_config, args.mode, methods, split=split,
+                 progress=not args.no_progress)
     return 0

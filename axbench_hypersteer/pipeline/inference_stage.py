@@ -2,10 +2,11 @@
 
 For each concept, N evaluation prompts are drawn (seeded by the concept id, as AxBench does),
 crossed with every factor, and generated with every HyperSteer method, many concepts per generate
-call. Prompts ``0..k-1`` form the ``steering`` split (factor selection), the rest ``steering_test``.
+call. Prompts ``0..k-1`` form the ``steering`` split (factor selection), the rest ``steering_test``
+(:class:`~.common.PromptSplit`, recorded in ``inference/prompt_split.json`` for the later stages).
 Each finished concept is written to ``inference/parts/<mode>/concept_<id>.parquet`` before the
-next starts, and the merged ``inference/steering_data.parquet`` is rewritten atomically, so a
-killed run resumes with only the missing concepts.
+next starts, so a killed run resumes with only the missing concepts; the merged
+``inference/steering_data.parquet`` is written once, atomically, at the end.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from ..core.collate import format_prompt
@@ -26,11 +26,9 @@ from ..core.config import InferenceConfig
 from ..core.errors import DataError
 from ..core.fileio import atomic_write, remove_interrupted_writes
 from ..core.generation import SteerRow, steer_rows
-from ..core.hypersteer import HyperSteer
-from ..core.loading import load_base
-from .data import load_metadata
-from .run_config import RunConfig, canonical_method, is_hypersteer_method, load_run_config
-from .train_stage import method_dir
+from .common import (PromptSplit, inference_methods, load_method, load_stage_base, record_split,
+                     resolve_concepts)
+from .run_config import canonical_method, load_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +59,6 @@ def load_prompts(path: str | None) -> tuple[str, list[str]]:
     return name, prompts
 
 
-def split_ids(n: int, split_ratio: float, mode: str) -> range:
-    """AxBench's split by input_id: the first n - round(n·ratio) prompts pick the factor."""
-    n_steer = n - round(n * split_ratio)
-    if mode == "steering":
-        return range(0, n_steer)
-    if mode == "steering_test":
-        return range(n_steer, n)
-    raise ValueError(f"mode must be 'steering' or 'steering_test', got {mode!r}")
-
-
 def concept_rows(concept: dict, prompts: list[str], dataset: str, cfg: InferenceConfig,
                  mode: str, tokenizer) -> pd.DataFrame:
     """The (prompt × factor) rows of one concept for one split, in AxBench's columns."""
@@ -79,7 +67,7 @@ def concept_rows(concept: dict, prompts: list[str], dataset: str, cfg: Inference
         raise DataError(f"steering_num_of_examples={n} but only {len(prompts)} prompts exist")
     chosen = random.Random(int(concept["concept_id"])).sample(prompts, n)
     records = []
-    for input_id in split_ids(n, cfg.split_ratio, mode):
+    for input_id in PromptSplit.from_config(cfg).ids(mode):
         formatted = format_prompt(tokenizer, chosen[input_id])
         for factor in cfg.steering_factors:
             records.append({
@@ -105,30 +93,6 @@ def merge_parts(dump_dir: Path) -> Path:
     return out
 
 
-def resolve_concepts(dump_dir: Path, concepts_path: str | None) -> list[dict]:
-    """Concepts to steer: an explicit metadata.jsonl, else the dump's generate/ or train/ one."""
-    candidates = [Path(concepts_path)] if concepts_path else [
-        dump_dir / "generate" / "metadata.jsonl", dump_dir / "train" / "metadata.jsonl"]
-    for path in candidates:
-        if path.exists() or concepts_path:
-            return load_metadata(path)
-    raise DataError(f"{dump_dir}: no concepts to steer (looked for "
-                    f"{', '.join(map(str, candidates))}); pass --concepts")
-
-
-def inference_methods(run: RunConfig, methods: Sequence[str] | None) -> list[str]:
-    names = methods or [m for m in (run.raw.get("inference") or {}).get("models") or []
-                        if is_hypersteer_method(m)] or list(run.methods)
-    return [run.method(m).name for m in names]
-
-
-def load_method(dump_dir: Path, method: str, base) -> HyperSteer:
-    model, tokenizer = base
-    hs = HyperSteer.from_pretrained(method_dir(dump_dir, method), model, tokenizer)
-    hs.hypernet.eval()
-    return hs
-
-
 def run_inference(config_path: str | Path, dump_dir: str | Path, mode: str = "steering",
                   methods: Sequence[str] | None = None, concepts_path: str | None = None,
                   base=None, progress: bool = True) -> Path:
@@ -138,10 +102,9 @@ def run_inference(config_path: str | Path, dump_dir: str | Path, mode: str = "st
     names = inference_methods(run, methods)
     dataset, prompts = load_prompts(cfg.prompts_path)
     concepts = resolve_concepts(dump_dir, concepts_path)
+    record_split(dump_dir, PromptSplit.from_config(cfg))
     if base is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if run.use_bf16 and device == "cuda" else torch.float32
-        base = load_base(run.model_name, dtype=dtype, device=device)
+        base = load_stage_base(run)
     models = {name: load_method(dump_dir, name, base) for name in names}
     parts_dir = dump_dir / "inference" / "parts" / mode
     for directory in (parts_dir, dump_dir / "inference"):  # a killed run's half-written files
@@ -176,7 +139,6 @@ def run_inference(config_path: str | Path, dump_dir: str | Path, mode: str = "st
             cid = int(concept["concept_id"])
             _write_parquet(parts_dir / f"concept_{cid}.parquet",
                            rows_frame[rows_frame["concept_id"] == cid].reset_index(drop=True))
-        merge_parts(dump_dir)
         bar.update(len(chunk))
     bar.close()
     return merge_parts(dump_dir)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from ..core.collate import IGNORE_INDEX, SteeringCollator, format_prompt
 from ..core.fileio import atomic_write_text
 from ..core.hypersteer import HyperSteer
+from .common import (MODES, PromptSplit, autocast_for, inference_methods, load_method,
+                     load_stage_base, resolve_concepts)
 from .data import load_train_frame
 
 logger = logging.getLogger(__name__)
@@ -85,18 +87,19 @@ def example_losses(hs: HyperSteer, frame: pd.DataFrame, batch_size: int, max_len
 
 def steering_loss_records(hs: HyperSteer, method: str, frame: pd.DataFrame,
                           factors: list[float], split_ratio: float, batch_size: int,
-                          max_length: int) -> list[dict]:
-    """Per concept, factor and split: the mean example loss (one record each)."""
+                          max_length: int,
+                          autocast: contextlib.AbstractContextManager | None = None) -> list[dict]:
+    """Per concept, factor and split: the mean example loss (one record each). A concept's
+    examples are split like its prompts (:class:`~.common.PromptSplit` over the example count)."""
     records = []
     for concept_id, rows in frame.groupby("concept_id", sort=True):
-        n_test = round(len(rows) * split_ratio)
-        splits = {"steering": rows.iloc[:len(rows) - n_test],
-                  "steering_test": rows.iloc[len(rows) - n_test:]}
-        for split, part in splits.items():
+        split_of = PromptSplit(len(rows), split_ratio)
+        for split in MODES:
+            part = rows.iloc[list(split_of.ids(split))]
             if part.empty:
                 continue
             for factor in factors:
-                losses = example_losses(hs, part, batch_size, max_length, factor)
+                losses = example_losses(hs, part, batch_size, max_length, factor, autocast)
                 if len(losses):
                     records.append({"concept_id": int(concept_id), "method": method,
                                     "factor": float(factor), "split": split,
@@ -105,8 +108,6 @@ def steering_loss_records(hs: HyperSteer, method: str, frame: pd.DataFrame,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..core.loading import load_base
-    from .inference_stage import inference_methods, load_method, resolve_concepts
     from .run_config import load_run_config
 
     parser = argparse.ArgumentParser(prog="hypersteer steering-loss", description=__doc__.split("\n")[0])
@@ -122,13 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {int(c["concept_id"]) for c in resolve_concepts(dump_dir, args.concepts)}
     frame = load_train_frame(args.data_dir, max_num_of_examples=args.max_examples, seed=None)
     frame = frame[frame["concept_id"].isin(wanted)]
-    base = load_base(run.model_name, device="cuda" if torch.cuda.is_available() else "cpu")
+    base = load_stage_base(run)
     records = []
     for name in inference_methods(run, None):
         spec = run.method(name)
         records += steering_loss_records(load_method(dump_dir, name, base), name, frame,
                                          run.inference.steering_factors, run.inference.split_ratio,
-                                         spec.train.batch_size, spec.train.max_length)
+                                         spec.train.batch_size, spec.train.max_length,
+                                         autocast_for(run, base[0]))
     out = dump_dir / "evaluate" / "steering_loss.jsonl"
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     print(f"wrote {len(records)} records to {out}")

@@ -19,22 +19,14 @@ import torch
 
 from ..core.config import ConfigError
 from ..core.fileio import atomic_write_json, atomic_write_text
-from ..core.hypersteer import CONFIG_NAME, HyperSteer
-from ..core.loading import load_base
+from ..core.hypersteer import HyperSteer
+from .common import is_trained, load_stage_base, method_dir
 from .data import generate_dir, load_metadata, load_train_frame
 from .distributed import barrier, setup_distributed, teardown
 from .run_config import MethodSpec, RunConfig, load_run_config
 from .trainer import Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
-
-
-def method_dir(dump_dir: str | Path, method: str) -> Path:
-    return Path(dump_dir) / "train" / method
-
-
-def is_trained(dump_dir: str | Path, method: str) -> bool:
-    return (method_dir(dump_dir, method) / CONFIG_NAME).exists()
 
 
 def write_train_layout(dump_dir: Path, run: RunConfig, data_dir: Path,
@@ -70,8 +62,7 @@ def train_method(run: RunConfig, spec: MethodSpec, data_dir: str | Path, dump_di
     info = setup_distributed()
     torch.manual_seed(spec.train.seed)
     if base is None:
-        dtype = torch.bfloat16 if run.use_bf16 and info.device.type == "cuda" else torch.float32
-        model, tokenizer = load_base(run.model_name, dtype=dtype, device=str(info.device))
+        model, tokenizer = load_stage_base(run, str(info.device))
     else:
         model, tokenizer = base
     try:  # before any data is read: a wrong layer should cost seconds, not a data load

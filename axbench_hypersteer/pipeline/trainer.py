@@ -253,6 +253,8 @@ class Trainer:
                            "in %s (pass resume=True / --resume to continue it)",
                            self.out_dir / "checkpoints")
             shutil.rmtree(self.out_dir / "checkpoints")
+        if not result.resumed_from and self.dist.is_main:  # a fresh run starts a fresh log
+            (self.out_dir / "train_log.jsonl").unlink(missing_ok=True)
         self.model.hypernet.train()
         bar = tqdm(total=self.total_updates, initial=self.step, desc="hypersteer train",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
