@@ -411,6 +411,29 @@ def test_partial_failures_are_counted_then_rejudged_on_rerun(tmp_path):
                for ln in lines)
 
 
+def test_failed_judgements_are_counted_in_the_summary_and_the_report(tmp_path):
+    """Failed judgements are scored 0 (as in AxBench) and the run exits 0, so they must be
+    visible: the evaluate summary and report.md give the count per method and split and say
+    that re-running evaluate re-judges them."""
+    from axbench_hypersteer.pipeline.report import write_report
+
+    write_steering_data(tmp_path)
+    bad = generation("HyperSteer", 0, 1, 0.5)  # a steering row (input 1): 3 criteria fail
+
+    def flaky(prompt):
+        return ok("Cannot say.") if bad in prompt else ok("Fine.\nRating: [[2]]")
+
+    with FaultJudgeServer(default=flaky) as server:
+        first = run_evaluate(tmp_path, judge_config(server, max_retries=0), "steering",
+                             progress=False)
+        run_evaluate(tmp_path, judge_config(server), "steering_test", progress=False)
+    assert "re-run `hypersteer evaluate --mode steering` to re-judge" in first.format()
+    report = write_report({"results": tmp_path}, tmp_path / "report").read_text()
+    assert "## Failed judgements" in report and "| results | HyperSteer | 3 | 0 |" in report
+    assert "PromptSteering" not in report.split("## Failed judgements")[1].split("## ")[0]
+    assert "Re-running `hypersteer evaluate`" in report
+
+
 def test_judge_dying_mid_run_loses_nothing(tmp_path):
     write_steering_data(tmp_path, n_concepts=3)
     per_concept = 10 * len(METHODS) * 3

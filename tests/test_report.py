@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from axbench_hypersteer import cli
 from axbench_hypersteer.pipeline import report
 from axbench_hypersteer.pipeline.report import ReportError
 
@@ -243,7 +244,7 @@ def test_missing_empty_or_malformed_files_name_the_file(dump, name, capsys):
     path.write_text('{"concept_id": "a", "results": {}}\n')
     with pytest.raises(ReportError, match=f"{name}:1: 'concept_id' must be an integer"):
         report.summarize(dump)
-    assert report.main(["--dump_dir", str(dump)]) == 2
+    assert cli.main(["report", "--dump_dir", str(dump)]) == 2
     assert name in capsys.readouterr().err
 
 

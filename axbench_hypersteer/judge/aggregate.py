@@ -105,6 +105,17 @@ def perplexity_metrics(concept_rows: pd.DataFrame, method: str) -> dict[str, Any
     return out
 
 
+def failed_judgements(metrics: dict[str, Any] | None) -> int:
+    """Failed judgements in a stored ``LMJudgeEvaluator`` entry: our ``failed_judgements`` key,
+    else (an entry written by AxBench itself) the nulls in its raw rating lists."""
+    if not isinstance(metrics, dict):
+        return 0
+    if isinstance(metrics.get("failed_judgements"), int):
+        return metrics["failed_judgements"]
+    raws = [metrics.get(f"raw_{key}_ratings") for key in CRITERION_KEYS.values()]
+    return sum(v is None for r in raws if isinstance(r, list) for v in r)
+
+
 def is_complete(metrics: dict[str, Any] | None, n_rows: int) -> bool:
     """Whether a stored ``LMJudgeEvaluator`` entry covers ``n_rows`` rows with no failed judgement
     (an entry written by AxBench itself has no ``failed_judgements`` key: look for nulls)."""

@@ -72,7 +72,7 @@ class EvaluateSummary:
     parquet_path: str
 
     def format(self) -> str:
-        return (
+        text = (
             f"evaluate[{self.mode}] methods={','.join(self.methods)}: "
             f"{self.concepts_judged} concept(s) judged, {self.concepts_skipped} already done, "
             f"{self.concepts_unfinished} unfinished of {self.concepts_total}; "
@@ -80,6 +80,10 @@ class EvaluateSummary:
             f"retr{'y' if self.retries == 1 else 'ies'}, {self.failed_judgements} failed "
             f"judgement(s) -> {self.jsonl_path}"
         )
+        if self.failed_judgements:
+            text += (f"; the failed ones are scored 0 (as AxBench does): re-run `hypersteer "
+                     f"evaluate --mode {self.mode}` to re-judge them")
+        return text
 
 
 def load_steering_data(

@@ -4,7 +4,9 @@ AxBench's ``evaluate.py`` scores every steering factor on two disjoint prompt ha
 ``steering_test``) but never combines them; the combination lived in an analysis notebook. Picking the
 factor and reporting the score on the same prompts inflates results, so here the factor is chosen per
 concept on ``steering`` (argmax of the per-factor mean ``lm_judge_rating``, first index on ties) and
-the score is read from ``steering_test`` at that factor (contract §3.6 and §4).
+the score is read from ``steering_test`` at that factor. Failed judgements (stored as null and
+scored 0, as AxBench does) are counted per method and split in the report, which says how to
+re-judge them.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import pandas as pd
 
 from axbench_hypersteer.core.errors import HyperSteerError
 from axbench_hypersteer.core.fileio import atomic_write, atomic_write_text
+from axbench_hypersteer.judge.aggregate import JUDGE_EVALUATOR as JUDGE
+from axbench_hypersteer.judge.aggregate import PPL_EVALUATOR as PERPLEXITY
+from axbench_hypersteer.judge.aggregate import failed_judgements
 
-JUDGE = "LMJudgeEvaluator"
-PERPLEXITY = "PerplexityEvaluator"
 SELECTION_FILE = "steering.jsonl"
 TEST_FILE = "steering_test.jsonl"
 LOSS_FILE = "steering_loss.jsonl"
@@ -281,6 +284,34 @@ def summarize(dump_dir: str | Path) -> pd.DataFrame:
     return summary
 
 
+def count_failed_judgements(dump_dir: str | Path) -> pd.DataFrame:
+    """Failed judgements per method (rows) and split (columns) of one dump's evaluate files."""
+    evaluate = Path(dump_dir) / "evaluate"
+    counts: dict[str, dict[str, int]] = {}
+    for split, name in (("steering", SELECTION_FILE), ("steering_test", TEST_FILE)):
+        records = load_records(evaluate / name)
+        for method in _methods(records):
+            counts.setdefault(method, {"steering": 0, "steering_test": 0})[split] += sum(
+                failed_judgements((records[c].get(JUDGE) or {}).get(method)) for c in records)
+    return pd.DataFrame.from_dict(counts, orient="index", columns=["steering", "steering_test"])
+
+
+def render_failures(failures: Mapping[str, pd.DataFrame]) -> list[str]:
+    """Report lines on failed judgements, empty when there were none."""
+    if not any(df.to_numpy().sum() for df in failures.values()):
+        return []
+    lines = ["## Failed judgements", "",
+             "The judge failed on these (an HTTP error after every retry, or an answer with no "
+             "readable rating). They are stored as null and scored 0, as AxBench does, so they "
+             "lower the scores above. Re-running `hypersteer evaluate` for the split re-judges "
+             "exactly them (answers already received come from the judge cache).", "",
+             "| Dump | Method | steering | steering_test |", "|---|---|---|---|"]
+    for label, df in failures.items():
+        lines += [f"| {label} | {method} | {int(row.steering)} | {int(row.steering_test)} |"
+                  for method, row in df.iterrows() if row.sum()]
+    return lines + [""]
+
+
 def _cell(row: pd.Series | None, key: str) -> str:
     if key == "n_concepts":
         return "—" if row is None else str(int(row[key]))
@@ -365,6 +396,7 @@ def write_report(dump_dirs: Mapping[str, str | Path], out_dir: str | Path) -> Pa
           f"Factor chosen per concept on `{SELECTION_FILE}` (argmax of mean LM-judge score, first on ties); "
           f"scores read from `{TEST_FILE}` at that factor. Mean ± sample std over concepts; scale 0-2.",
           "", table]
+    md += render_failures({label: count_failed_judgements(p) for label, p in dump_dirs.items()})
     for label, path in dump_dirs.items():
         suffix = "" if len(dump_dirs) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
         score_png, criteria_png = out / f"score_vs_factor{suffix}.png", out / f"criteria{suffix}.png"
@@ -391,11 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dumps = ({"held-in": args.dump_dir, "held-out": args.heldout_dump_dir} if args.heldout_dump_dir
              else {"results": args.dump_dir})
-    try:
-        path = write_report(dumps, args.out or args.dump_dir / "report")
-    except ReportError as err:
-        print(f"hypersteer report: error: {err}", file=sys.stderr)
-        return 2
+    path = write_report(dumps, args.out or args.dump_dir / "report")
     print(f"wrote {path}")
     return 0
 
