@@ -19,7 +19,7 @@ NPROC   ?= 1
 TORCHRUN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC)
 LAUNCH  := -m axbench_hypersteer.axbench
 
-.PHONY: venv demo test test-transformers5 heldin heldout ablations bench clean-venv
+.PHONY: venv demo test data test-transformers5 heldin heldout ablations bench clean-venv
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# AxBench's Concept10 (and the Concept500 concept list) for the tests that read real AxBench data,
+# from AxBench's public repository, checked by SHA-256; a no-op when a copy is already in place.
+# Without it those tests are skipped with a line saying so (and fail under CI=true, as in .ci/run).
+data:
+	$(PYTHON) tests/axbench_data.py
 
 # The same suite on transformers 5.x (4.57 stays the tested default): a second venv with every
 # other pin kept. Not part of CI; run it before changing anything near hooks or checkpointing.

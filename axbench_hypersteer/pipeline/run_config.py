@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from ..core.config import (ConfigError, read_yaml_mapping, HyperSteerConfig, InferenceConfig,
-                           JudgeConfig, TrainConfig)
+from ..core.config import (ConfigError, HyperSteerConfig, InferenceConfig, JudgeConfig,
+                           TrainConfig, read_yaml_mapping)
 
 # AxBench method name -> variant. Class names are the artifact keys; the snake_case aliases are
 # what users type (`--method hypersteer_xattn`).
@@ -136,11 +135,8 @@ def _split_method_keys(name: str, entry: dict, layer: int, seed: int, where: str
                 f"{where}: unknown key {key!r}; HyperSteer keys are "
                 f"{sorted((model_fields | train_fields) - {'steering_layer'})}"
             )
-    try:
-        return MethodSpec(name, _from_dict(HyperSteerConfig, model_kw, where),
-                          _from_dict(TrainConfig, train_kw, where))
-    except TypeError as err:  # pragma: no cover - from_dict checks types first
-        raise ConfigError(f"{where}: {err}") from None
+    return MethodSpec(name, _from_dict(HyperSteerConfig, model_kw, where),
+                      _from_dict(TrainConfig, train_kw, where))
 
 
 def load_run_config(path: str | Path) -> RunConfig:
