@@ -97,3 +97,19 @@ def test_the_cli_turns_a_hypersteer_error_into_one_line_and_leaves_bugs_alone(ca
 
     with pytest.raises(KeyError):
         cli.run_command("hypersteer x", bug, [])
+
+
+@pytest.mark.parametrize("module", [
+    "axbench_hypersteer.pipeline.demo", "axbench_hypersteer.pipeline.train_stage",
+    "axbench_hypersteer.pipeline.inference_stage", "axbench_hypersteer.pipeline.evaluate",
+    "axbench_hypersteer.pipeline.steering_loss", "axbench_hypersteer.experiments.scaling",
+    "axbench_hypersteer.experiments.ablations", "axbench_hypersteer.experiments.geometry",
+    "axbench_hypersteer.experiments.attention"])
+def test_every_long_running_command_takes_the_same_progress_flags(module, capsys):
+    """One convention: bars by default, ``--no_progress`` turns them off (``--progress`` used to
+    be opt-in for the experiments and ``--no_progress`` opt-out for evaluate only)."""
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--no_progress" in help_text and "--progress" in help_text

@@ -17,13 +17,14 @@ def pipeline(tokenizer):
     return shared_pipeline(tokenizer=tokenizer)
 
 
-def test_steering_loss_stage_writes_records_the_report_reads(pipeline, tmp_path):
+def test_steering_loss_stage_writes_records_the_report_reads(pipeline, tmp_path, capsys):
     dump = pipeline.copy_dump(tmp_path / "dump")
     config = pipeline.write_config(tmp_path / "config.yaml")
     rc = cli.main(["steering-loss", "--config", str(config), "--dump_dir", str(dump),
                    "--data_dir", str(dump), "--concepts", str(pipeline.concepts),
                    "--max_examples", "4"])
     assert rc == 0
+    assert f"steering-loss {METHOD}: 100%" in capsys.readouterr().err  # its progress bar
     records = [json.loads(line) for line in
                (dump / "evaluate" / "steering_loss.jsonl").read_text().splitlines()]
     factors = pipeline.config["inference"]["steering_factors"]

@@ -53,6 +53,7 @@ from ..core.collate import SteeringCollator
 from ..core.config import ConfigError, TrainConfig
 from ..core.fileio import atomic_write_text, save_tensors
 from ..core.steering import residual_after
+from ..pipeline.common import add_progress_flags
 from ..pipeline.data import load_train_frame
 from ..pipeline.run_config import (METHOD_VARIANTS, canonical_method, is_hypersteer_method,
                                    load_run_config)
@@ -567,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge_concepts", type=int, default=None,
                         help="judge only the first N held-in / held-out concepts")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--progress", action="store_true")
+    add_progress_flags(parser)
     args = parser.parse_args(argv)
     if args.write_configs:
         base = base_from_yaml(args.config) if args.config else None

@@ -31,6 +31,7 @@ import torch
 from ..core.collate import format_prompt
 from ..core.config import ConfigError
 from ..core.fileio import atomic_write_json, save_tensors
+from ..pipeline.common import add_progress_flags
 from ..pipeline.data import load_metadata
 from ..pipeline.inference_stage import load_prompts
 from ..pipeline.run_config import canonical_method, load_run_config
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", default=None, help="comma-separated blocks (default: all "
                         "up to 8, else 4 evenly spaced)")
     parser.add_argument("--heads", default=None, help="comma-separated heads (default: all)")
-    parser.add_argument("--progress", action="store_true")
+    add_progress_flags(parser)
     args = parser.parse_args(argv)
     result = run_attention(args.config, args.out_dir, steering_prompt=args.steering_prompt,
                            base_prompt=args.base_prompt, dump_dir=args.dump_dir,

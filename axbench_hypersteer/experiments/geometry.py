@@ -37,6 +37,7 @@ import torch
 from ..core.config import ConfigError
 from ..core.errors import DataError
 from ..core.fileio import save_tensors
+from ..pipeline.common import add_progress_flags
 from ..pipeline.data import generate_dir, load_metadata
 from ..pipeline.inference_stage import load_prompts
 from ..pipeline.run_config import canonical_method, load_run_config
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tsne_iters", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--progress", action="store_true")
+    add_progress_flags(parser)
     args = parser.parse_args(argv)
     result = run_geometry(args.config, args.out_dir, data_dir=args.data_dir,
                           dumps=_parse_dumps(args.dump), methods=args.method,

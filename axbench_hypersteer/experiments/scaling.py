@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from ..core.config import ConfigError
+from ..pipeline.common import add_progress_flags
 from ..pipeline.data import load_metadata
 from ..pipeline.run_config import load_run_config
 from .common import (autocast_for, example_losses, judge_scores, judge_session, limit_metadata,
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge_concepts", type=int, default=None,
                         help="judge only the first N held-out concepts (cost)")
     parser.add_argument("--seed", type=int, default=None, help="default: train.seed")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    add_progress_flags(parser)
     args = parser.parse_args(argv)
     result = run_scaling(args.config, args.data_dir, args.out_dir, methods=args.method,
                          sizes=args.sizes, heldout_data_dir=args.heldout_data_dir,

@@ -8,6 +8,7 @@ config, evaluate from the ids present, steering-loss from the example count).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 from dataclasses import asdict, dataclass
@@ -25,6 +26,16 @@ from .data import load_metadata
 from .run_config import RunConfig, is_hypersteer_method
 
 MODES = ("steering", "steering_test")
+
+
+def add_progress_flags(parser: argparse.ArgumentParser) -> None:
+    """The one progress convention of every command: bars on stderr by default, ``--no_progress``
+    turns them off (logs, CI); ``--progress`` is accepted to say the default explicitly."""
+    parser.add_argument("--no_progress", dest="progress", action="store_false",
+                        help="no progress bars")
+    parser.add_argument("--progress", dest="progress", action="store_true",
+                        help="progress bars on stderr (the default)")
+    parser.set_defaults(progress=True)
 SPLIT_FILE = "prompt_split.json"  # in DUMP/inference/, written by the first inference run
 
 

@@ -131,8 +131,11 @@ def print_steering_effect(dump_dir: Path, method: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .common import add_progress_flags
+
     parser = argparse.ArgumentParser(prog="hypersteer demo", description=__doc__.split("\n")[0])
     parser.add_argument("--dump_dir", default="dumps/demo")
+    add_progress_flags(parser)
     args = parser.parse_args(argv)
-    run_demo(args.dump_dir)
+    run_demo(args.dump_dir, progress=args.progress)
     return 0

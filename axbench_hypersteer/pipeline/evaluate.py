@@ -32,7 +32,7 @@ from axbench_hypersteer.judge.client import Judgement, JudgeStats, LLMJudge
 from axbench_hypersteer.judge.prompts import build_prompt, load_templates
 from axbench_hypersteer.judge.records import (
     append_record, load_records, rewrite_records, write_data_parquet)
-from axbench_hypersteer.pipeline.common import MODES, PromptSplit, check_split
+from axbench_hypersteer.pipeline.common import MODES, PromptSplit, add_progress_flags, check_split
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="steering", choices=list(MODES))
     parser.add_argument("--method", action="append", default=None,
                         help="method(s) to judge (repeatable)")
-    parser.add_argument("--no_progress", action="store_true")
+    add_progress_flags(parser)
     args = parser.parse_args(argv)
     judge_config, split, methods = JudgeConfig(), None, args.method
     if args.config is not None:
@@ -301,5 +301,5 @@ def main(argv: list[str] | None = None) -> int:
     if methods:  # aliases such as hypersteer_xattn name the column HyperSteerXAttn_*
         methods = [canonical_method(m) if is_hypersteer_method(m) else m for m in methods]
     run_evaluate(args.dump_dir, judge_config, args.mode, methods, split=split,
-                 progress=not args.no_progress)
+                 progress=args.progress)
     return 0

@@ -26,7 +26,7 @@ from ..core.config import InferenceConfig
 from ..core.errors import DataError
 from ..core.fileio import atomic_write, remove_interrupted_writes
 from ..core.generation import SteerRow, steer_rows
-from .common import (PromptSplit, inference_methods, load_method, load_stage_base, record_split,
+from .common import (PromptSplit, add_progress_flags, inference_methods, load_method, load_stage_base, record_split,
                      resolve_concepts)
 from .run_config import canonical_method, load_run_config
 
@@ -154,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="method(s) to run (default: inference.models)")
     parser.add_argument("--concepts", default=None,
                         help="metadata.jsonl of the concepts to steer (default: the dump's)")
+    add_progress_flags(parser)
     args = parser.parse_args(argv)
     methods = [canonical_method(m) for m in args.method] if args.method else None
-    out = run_inference(args.config, args.dump_dir, args.mode, methods, args.concepts)
+    out = run_inference(args.config, args.dump_dir, args.mode, methods, args.concepts,
+                        progress=args.progress)
     print(f"wrote {out}")
     return 0

@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..core.collate import IGNORE_INDEX, SteeringCollator, format_prompt
 from ..core.fileio import atomic_write_text
 from ..core.hypersteer import HyperSteer
-from .common import (MODES, PromptSplit, autocast_for, inference_methods, load_method,
-                     load_stage_base, resolve_concepts)
+from .common import (MODES, PromptSplit, add_progress_flags, autocast_for, inference_methods,
+                     load_method, load_stage_base, resolve_concepts)
 from .data import load_train_frame
 
 logger = logging.getLogger(__name__)
@@ -88,11 +89,14 @@ def example_losses(hs: HyperSteer, frame: pd.DataFrame, batch_size: int, max_len
 def steering_loss_records(hs: HyperSteer, method: str, frame: pd.DataFrame,
                           factors: list[float], split_ratio: float, batch_size: int,
                           max_length: int,
-                          autocast: contextlib.AbstractContextManager | None = None) -> list[dict]:
+                          autocast: contextlib.AbstractContextManager | None = None,
+                          progress: bool = False) -> list[dict]:
     """Per concept, factor and split: the mean example loss (one record each). A concept's
     examples are split like its prompts (:class:`~.common.PromptSplit` over the example count)."""
     records = []
-    for concept_id, rows in frame.groupby("concept_id", sort=True):
+    groups = frame.groupby("concept_id", sort=True)
+    for concept_id, rows in tqdm(groups, total=groups.ngroups, desc=f"steering-loss {method}",
+                                 unit="concept", disable=not progress):
         split_of = PromptSplit(len(rows), split_ratio)
         for split in MODES:
             part = rows.iloc[list(split_of.ids(split))]
@@ -117,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="AxBench dump whose train_data.parquet holds the concepts' answers")
     parser.add_argument("--concepts", default=None, help="metadata.jsonl (default: the dump's)")
     parser.add_argument("--max_examples", type=int, default=8, help="per concept")
+    add_progress_flags(parser)
     args = parser.parse_args(argv)
     dump_dir = Path(args.dump_dir)
     run = load_run_config(args.config)
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         records += steering_loss_records(load_method(dump_dir, name, base), name, frame,
                                          run.inference.steering_factors, run.inference.split_ratio,
                                          spec.train.batch_size, spec.train.max_length,
-                                         autocast_for(run, base[0]))
+                                         autocast_for(run, base[0]), args.progress)
     out = dump_dir / "evaluate" / "steering_loss.jsonl"
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     print(f"wrote {len(records)} records to {out}")

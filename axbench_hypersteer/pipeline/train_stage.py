@@ -20,7 +20,7 @@ import torch
 from ..core.config import ConfigError
 from ..core.fileio import atomic_write_json, atomic_write_text
 from ..core.hypersteer import HyperSteer
-from .common import is_trained, load_stage_base, method_dir
+from .common import add_progress_flags, is_trained, load_stage_base, method_dir
 from .data import generate_dir, load_metadata, load_train_frame
 from .distributed import barrier, setup_distributed, teardown
 from .run_config import MethodSpec, RunConfig, load_run_config
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dump_dir", required=True)
     parser.add_argument("--method", default=None, help="e.g. hypersteer_xattn (default: the only "
                         "HyperSteer method in train.models; 'all' trains each)")
+    add_progress_flags(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest whole checkpoint")
     parser.add_argument("--heldout_data_dir", default=None,
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for spec in specs:
             result = train_method(run, spec, args.data_dir, args.dump_dir, args.resume,
-                                  args.heldout_data_dir)
+                                  args.heldout_data_dir, progress=args.progress)
             if result is not None and info.is_main:  # print once under torchrun
                 print(f"{spec.name}: {result.steps} updates, loss {result.first_loss:.4f} -> "
                       f"{result.last_loss:.4f}")
