@@ -202,8 +202,7 @@ def load_hypersteer(train_dir: str | Path, method: str, model, tokenizer,
     cached = _CACHE.get(key)
     if cached is not None and cached[0] == stamp and cached[1].base_model is model:
         return cached[1]
-    hs = HyperSteer.from_pretrained(ckpt, model, tokenizer)  # checks hidden size / depth / vocab
-    hs.hypernet.eval()
+    hs = common.load_checkpoint(ckpt, (model, tokenizer))  # checks hidden size / depth / vocab
     _CACHE[key] = (stamp, hs)
     logger.info("loaded %s from %s", method, ckpt)
     return hs

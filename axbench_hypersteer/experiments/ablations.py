@@ -54,12 +54,13 @@ from ..core.config import ConfigError, TrainConfig
 from ..core.fileio import atomic_write_text, save_tensors
 from ..core.steering import residual_after
 from ..pipeline.common import add_progress_flags
+from ..pipeline.plots import new_figure, save_figure
 from ..pipeline.data import load_train_frame
 from ..pipeline.run_config import (METHOD_VARIANTS, canonical_method, is_hypersteer_method,
                                    load_run_config)
 from .common import (_prompt_fits, autocast_for, example_losses, judge_scores, judge_session,
-                     limit_metadata, load_base_for, loss_summary, mean_pm, new_figure,
-                     prepare_splits, save_png, train_or_load, with_overrides, write_table)
+                     limit_metadata, load_base_for, loss_summary, mean_pm,
+                     prepare_splits, train_or_load, with_overrides, write_table)
 
 logger = logging.getLogger(__name__)
 
@@ -431,7 +432,7 @@ def run_ablations(config: str | Path, data_dir: str | Path, out_dir: str | Path,
 
     table = _table(resolved, trained_as, results, unsteered)
     figure = ablations_figure(table, unsteered)
-    out_paths = {"png": save_png(figure, out_dir / "ablations.png")}
+    out_paths = {"png": save_figure(figure, out_dir / "ablations.png")}
     md = pd.DataFrame({
         "section": table["section"], "ablation": table["ablation"],
         "N": [f"{n} (config {c})" if c != n else str(n)

@@ -32,11 +32,12 @@ from ..core.collate import format_prompt
 from ..core.config import ConfigError
 from ..core.fileio import atomic_write_json, save_tensors
 from ..pipeline.common import add_progress_flags
+from ..pipeline.plots import new_figure, save_figure
 from ..pipeline.data import load_metadata
 from ..pipeline.inference_stage import load_prompts
 from ..pipeline.run_config import canonical_method, load_run_config
 from ..pipeline.common import is_trained
-from .common import load_base_for, load_trained, new_figure, save_png, train_or_load
+from .common import load_base_for, load_trained, train_or_load
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def run_attention(config_path: str | Path, out_dir: str | Path, *,
     k_tokens = token_labels(hs.tokenizer, k_ids)
     figure = attention_figure(maps, q_tokens, k_tokens, layers, heads,
                               f"{method}: \"{steering_prompt}\" × \"{base_prompt}\"")
-    paths = {"png": save_png(figure, out_dir / "attention.png")}
+    paths = {"png": save_figure(figure, out_dir / "attention.png")}
     paths["maps"] = out_dir / "attention.safetensors"
     save_tensors(paths["maps"], {f"block_{i}": torch.from_numpy(m).contiguous()
                                  for i, m in enumerate(maps)})

@@ -43,7 +43,7 @@ from ..core.errors import DataError
 from ..core.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 from ..core.hypersteer import HyperSteer
 from ..pipeline.data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept,
-                             read_parquet, train_parquet_files)
+                             read_parquet, train_parquet_files, write_parquet_like)
 from ..pipeline.run_config import MethodSpec, RunConfig
 from ..pipeline.steering_loss import EVAL_COLUMNS, example_losses  # noqa: F401
 from ..pipeline.steering_loss import prompt_fits as _prompt_fits  # noqa: F401
@@ -80,15 +80,7 @@ def write_generate(out_dir: str | Path, frame: pd.DataFrame, metadata: list[dict
                    schema: pa.Schema | None = None) -> Path:
     """Write ``out_dir/generate/{train_data.parquet, metadata.jsonl}`` (the source's schema)."""
     gen = Path(out_dir) / "generate"
-    frame = frame.reset_index(drop=True)
-    if schema is not None:
-        # The source's column types (pandas 3 would write large_string), without a stored index.
-        schema = pa.schema([f for f in schema if f.name in frame.columns])
-        frame = frame[[f.name for f in schema]]
-        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    else:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-    atomic_write(gen / "train_data.parquet", lambda p: pq.write_table(table, p))
+    write_parquet_like(gen / "train_data.parquet", frame, schema)
     atomic_write_text(gen / "metadata.jsonl", "".join(json.dumps(m) + "\n" for m in metadata))
     return Path(out_dir)
 
@@ -445,23 +437,6 @@ def write_table(frame: pd.DataFrame, out_dir: str | Path, stem: str, title: str,
     text += [markdown_table(md_frame if md_frame is not None else frame)] + list(extra_md)
     atomic_write_text(md_path, "\n".join(text) + "\n")
     return csv_path, md_path
-
-
-def new_figure(width: float, height: float, dpi: int = 100):
-    """A bare Figure on an Agg canvas (no pyplot state, works headless)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_png(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    return path
 
 
 def png_size(path: str | Path) -> tuple[int, int]:

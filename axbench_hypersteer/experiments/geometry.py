@@ -38,12 +38,13 @@ from ..core.config import ConfigError
 from ..core.errors import DataError
 from ..core.fileio import save_tensors
 from ..pipeline.common import add_progress_flags
+from ..pipeline.plots import new_figure, save_figure
 from ..pipeline.data import generate_dir, load_metadata
 from ..pipeline.inference_stage import load_prompts
 from ..pipeline.run_config import canonical_method, load_run_config
 from ..pipeline.common import is_trained
-from .common import (autocast_for, concept_colors, load_base_for, load_trained, new_figure,
-                     save_png, short, train_or_load, write_table)
+from .common import (autocast_for, concept_colors, load_base_for, load_trained,
+                     short, train_or_load, write_table)
 from .projection import block_means, cosine_matrix, pca_2d, tsne_2d
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def run_geometry(config_path: str | Path, out_dir: str | Path, *,
                                   f"{min(perplexity, max((len(index) - 1) / 3, 1)):.3g})"),
         "cosine": cosine_figure(cosine, concept_names),
     }
-    paths = {name: save_png(fig, out_dir / f"{name}.png") for name, fig in figures.items()}
+    paths = {name: save_figure(fig, out_dir / f"{name}.png") for name, fig in figures.items()}
     notes = [f"{len(order)} concepts × {len(index) // len(order)} base prompts per concept "
              f"(seed {seed}); prompts: `{run.inference.prompts_path or 'built-in demo prompts'}`.",
              "within = mean cosine over pairs of distinct vectors of the same concept; between = "

@@ -34,11 +34,12 @@ import torch
 
 from ..core.config import ConfigError
 from ..pipeline.common import add_progress_flags
+from ..pipeline.plots import new_figure, save_figure
 from ..pipeline.data import load_metadata
 from ..pipeline.run_config import load_run_config
 from .common import (autocast_for, example_losses, judge_scores, judge_session, limit_metadata,
-                     load_base_for, loss_summary, mean_pm, nested_subsets, new_figure,
-                     parse_sizes, prepare_splits, save_png, train_or_load, with_overrides,
+                     load_base_for, loss_summary, mean_pm, nested_subsets,
+                     parse_sizes, prepare_splits, train_or_load, with_overrides,
                      write_concept_subset, write_table)
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def run_scaling(config_path: str | Path, data_dir: str | Path, out_dir: str | Pa
                                    judge_concepts=s["n_concepts"])
     table = pd.DataFrame(rows)
     figure = scaling_figure(table)
-    paths = {"png": save_png(figure, out_dir / "scaling.png")}
+    paths = {"png": save_figure(figure, out_dir / "scaling.png")}
     md = table[["method", "n_concepts", "train_examples", "steps"]].copy()
     md["held-out loss @1.0"] = [mean_pm(m, s) for m, s in
                                 zip(table.heldout_loss_mean, table.heldout_loss_std)]

@@ -30,6 +30,21 @@ def append_record(path: Path, record: dict) -> None:
         os.fsync(handle.fileno())
 
 
+def parse_record(line: str) -> tuple[int, dict]:
+    """``(concept_id, record)`` of one ``{mode}.jsonl`` line; ``ValueError`` says what is wrong.
+    The one reader of the format: evaluate (resuming) and report both go through it."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("results"), dict):
+        raise ValueError("expected an object with a 'results' object")
+    concept_id = record.get("concept_id")
+    if isinstance(concept_id, bool) or not isinstance(concept_id, int):
+        raise ValueError(f"'concept_id' must be an integer, got {concept_id!r}")
+    return concept_id, record
+
+
 def load_records(path: Path) -> tuple[dict[int, dict], bool]:
     """Concept lines of an existing ``{mode}.jsonl`` (last line per concept wins), and whether the
     file needs rewriting (a torn last line from a kill, or duplicate concepts)."""
@@ -44,10 +59,10 @@ def load_records(path: Path) -> tuple[dict[int, dict], bool]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            concept_id = int(record["concept_id"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning("%s:%d: dropping an unreadable line (interrupted write?)", path, number)
+            concept_id, record = parse_record(line)
+        except ValueError as err:
+            logger.warning("%s:%d: dropping an unreadable line (%s; interrupted write?)", path,
+                           number, err)
             dirty = True
             continue
         dirty = dirty or concept_id in records

@@ -162,9 +162,15 @@ def is_trained(dump_dir: str | Path, method: str) -> bool:
     return (method_dir(dump_dir, method) / CONFIG_NAME).exists()
 
 
-def load_method(dump_dir: str | Path, method: str, base) -> HyperSteer:
-    """A trained method of a dump on ``base = (model, tokenizer)``, in eval mode."""
+def load_checkpoint(directory: str | Path, base) -> HyperSteer:
+    """A saved HyperSteer on ``base = (model, tokenizer)``, in eval mode (the one place the
+    stages, the experiments and the AxBench adapter load checkpoints)."""
     model, tokenizer = base
-    hs = HyperSteer.from_pretrained(method_dir(dump_dir, method), model, tokenizer)
+    hs = HyperSteer.from_pretrained(directory, model, tokenizer)
     hs.hypernet.eval()
     return hs
+
+
+def load_method(dump_dir: str | Path, method: str, base) -> HyperSteer:
+    """The trained ``method`` of a dump (``DUMP/train/<method>``), in eval mode."""
+    return load_checkpoint(method_dir(dump_dir, method), base)

@@ -15,12 +15,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pandas as pd
 from torch.utils.data import Dataset
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 from ..core.errors import DataError
+from ..core.fileio import atomic_write
 
 METADATA_FIELDS = ("concept_id", "concept", "ref", "concept_genres_map")
 TRAIN_COLUMNS = ("input", "output", "output_concept", "category", "concept_id")
@@ -81,6 +85,22 @@ def read_parquet(path: Path, columns: Sequence[str] = TRAIN_COLUMNS) -> pd.DataF
                             f"got {frame.at[row, 'concept_id']!r}")
         frame["concept_id"] = ids.astype("int64")
     return frame
+
+
+def write_parquet_like(path: str | Path, frame: pd.DataFrame, schema: "pa.Schema | None") -> Path:
+    """Write ``frame`` atomically with ``schema``'s column types and order (a source file's, so
+    the output is the same kind of file AxBench wrote: pandas 3 would otherwise turn ``string``
+    into ``large_string``), without a stored index. Schema columns ``frame`` lacks are left out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = frame.reset_index(drop=True)
+    if schema is not None and not set(schema.names) <= set(frame.columns):
+        schema = pa.schema([f for f in schema if f.name in frame.columns])
+    if schema is not None:
+        frame = frame[schema.names]
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def load_metadata(path: str | Path, required: Sequence[str] = METADATA_FIELDS) -> list[dict]:

@@ -16,14 +16,18 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..core.fileio import atomic_write
+
 CRITERIA_BARS = (("concept", "Concept"), ("instruction", "Instruction"),
                  ("fluency", "Fluency"), ("overall", "Overall"))
 
 
-def _new_figure(width: float, height: float) -> tuple[Figure, object]:
-    fig = Figure(figsize=(width, height), dpi=100)
+def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
+    """A bare Figure on an Agg canvas (no pyplot state, works headless); every figure of the
+    report and the experiments starts here."""
+    fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
+    return fig
 
 
 def score_vs_factor_figure(curves: Mapping[str, tuple[np.ndarray | None, np.ndarray]],
@@ -33,7 +37,8 @@ def score_vs_factor_figure(curves: Mapping[str, tuple[np.ndarray | None, np.ndar
     A method without a factor sweep (``factors is None``) is drawn as a dashed horizontal line at its
     mean so that it still appears as exactly one line, as a reference level for the swept methods.
     """
-    fig, ax = _new_figure(7.0, 4.5)
+    fig = new_figure(7.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
     swept = [np.asarray(f, dtype=float) for f, _ in curves.values() if f is not None and len(f)]
     all_factors = np.concatenate(swept) if swept else np.array([])
     positive = all_factors[all_factors > 0]
@@ -62,7 +67,8 @@ def criteria_figure(summary: pd.DataFrame, title: str) -> Figure:
     Error bars are the across-concept std, so a method whose mean hides a bimodal concept spread is
     visible at a glance.
     """
-    fig, ax = _new_figure(max(6.0, 1.6 * len(summary) + 2.0), 4.5)
+    fig = new_figure(max(6.0, 1.6 * len(summary) + 2.0), 4.5)
+    ax = fig.add_subplot(1, 1, 1)
     methods = list(summary["method"])
     x = np.arange(len(methods), dtype=float)
     width = 0.8 / len(CRITERIA_BARS)
@@ -82,7 +88,5 @@ def criteria_figure(summary: pd.DataFrame, title: str) -> Figure:
 
 
 def save_figure(fig: Figure, out_png: str | Path) -> Path:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, format="png")
-    return out_png
+    """Write ``fig`` as a PNG atomically (a killed run leaves the old file or none)."""
+    return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))

@@ -27,6 +27,7 @@ from axbench_hypersteer.core.fileio import atomic_write, atomic_write_text
 from axbench_hypersteer.judge.aggregate import JUDGE_EVALUATOR as JUDGE
 from axbench_hypersteer.judge.aggregate import PPL_EVALUATOR as PERPLEXITY
 from axbench_hypersteer.judge.aggregate import failed_judgements
+from axbench_hypersteer.judge.records import parse_record
 
 SELECTION_FILE = "steering.jsonl"
 TEST_FILE = "steering_test.jsonl"
@@ -59,14 +60,9 @@ def load_records(path: str | Path) -> Records:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ReportError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("results"), dict):
-                raise ReportError(f"{path}:{lineno}: expected an object with a 'results' object")
-            cid = row.get("concept_id")
-            if isinstance(cid, bool) or not isinstance(cid, int):
-                raise ReportError(f"{path}:{lineno}: 'concept_id' must be an integer, got {cid!r}")
+                cid, row = parse_record(line)
+            except ValueError as err:
+                raise ReportError(f"{path}:{lineno}: {err}") from None
             records[cid] = row["results"]
     if not records:
         raise ReportError(f"{path}: no records (the file is empty)")
@@ -367,7 +363,7 @@ def plot_score_vs_factor(dump_dir: str | Path, out_png: str | Path):
     from axbench_hypersteer.pipeline.plots import save_figure, score_vs_factor_figure
 
     fig = score_vs_factor_figure(selection_curves(dump_dir), f"{Path(dump_dir).name}: {SELECTION_FILE}")
-    atomic_write(out_png, lambda tmp: save_figure(fig, tmp))
+    save_figure(fig, out_png)
     return fig
 
 
@@ -377,7 +373,7 @@ def plot_criteria(dump_dir: str | Path, out_png: str | Path, summary: pd.DataFra
 
     summary = summarize(dump_dir) if summary is None else summary
     fig = criteria_figure(summary, f"{Path(dump_dir).name}: {TEST_FILE} at factor chosen on {SELECTION_FILE}")
-    atomic_write(out_png, lambda tmp: save_figure(fig, tmp))
+    save_figure(fig, out_png)
     return fig
 
 

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.errors import DataError
 from ..core.fileio import atomic_write, atomic_write_json, atomic_write_text
 from .data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept, read_parquet,
-                   train_parquet_files)
+                   train_parquet_files, write_parquet_like)
 
 __all__ = ["DataError", "SplitSummary", "load_eval_concepts", "main", "make_split",
            "normalise_concept"]
@@ -118,14 +117,6 @@ def _clear_stale_shards(out_gen: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def _write_like(source: Path, frame: pd.DataFrame, target: Path) -> None:
-    """Write ``frame`` with ``source``'s Arrow schema, so the split is byte-for-byte the same
-    kind of file AxBench wrote (pandas 3 would otherwise turn ``string`` into ``large_string``)."""
-    schema = pq.read_schema(source)
-    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    pq.write_table(table, target)
-
-
 def make_split(data_dir: str | Path, eval_concepts: str | Path | Sequence[int | str],
                mode: str, out_dir: str | Path) -> SplitSummary:
     """Write ``out_dir/generate/{train_data*.parquet, metadata.jsonl, split.json}``.
@@ -191,8 +182,7 @@ def make_split(data_dir: str | Path, eval_concepts: str | Path | Sequence[int | 
         if mode == "heldin":
             atomic_write(target, lambda tmp, src=path: shutil.copyfile(src, tmp))
         else:
-            kept = frame[~drop[path]].reset_index(drop=True)
-            atomic_write(target, lambda tmp, src=path, df=kept: _write_like(src, df, tmp))
+            write_parquet_like(target, frame[~drop[path]], pq.read_schema(path))
     removed_ids = {e["concept_id"] for e in removed}
     kept_meta = [e for e in metadata if e["concept_id"] not in removed_ids]
     atomic_write_text(out_gen / "metadata.jsonl",
