@@ -180,6 +180,11 @@ def _steering_data(w: Work, drop: str | None = None, empty: bool = False) -> Non
     frame.drop(columns=[drop] if drop else []).to_parquet(path, index=False)
 
 
+def _recorded_split(w: Work, num_prompts: int) -> None:
+    path = w.dump / "inference" / "prompt_split.json"
+    path.write_text(json.dumps({"num_prompts": num_prompts, "split_ratio": 0.5}))
+
+
 def _prompts(w: Work, payload) -> str:
     path = w.inputs / "prompts.json"
     path.write_text(json.dumps(payload))
@@ -288,6 +293,10 @@ CASES: list[Case] = [
          "inference/steering_data.parquet without `input_concept` (evaluate)",
          lambda w: (_steering_data(w, drop="input_concept"), w.evaluate())[1],
          ("WORK/dump/inference/steering_data.parquet", "input_concept")),
+    Case("evaluate-other-prompt-split", "stage",
+         "evaluate with a config whose prompt split differs from the one inference recorded",
+         lambda w: (_steering_data(w), _recorded_split(w, 4), w.evaluate())[2],
+         ("WORK/dump/inference/prompt_split.json", "steering_num_of_examples=4")),
     Case("steering-data-empty-file", "parquet", "inference/steering_data.parquet of 0 bytes",
          lambda w: (_steering_data(w, empty=True), w.evaluate())[1],
          ("WORK/dump/inference/steering_data.parquet", "cannot read parquet")),

@@ -26,8 +26,8 @@ from ..core.config import InferenceConfig
 from ..core.errors import DataError
 from ..core.fileio import atomic_write, remove_interrupted_writes
 from ..core.generation import SteerRow, steer_rows
-from .common import (PromptSplit, add_progress_flags, inference_methods, load_method, load_stage_base, record_split,
-                     resolve_concepts)
+from .common import (PromptSplit, add_progress_flags, check_split, inference_methods, load_method,
+                     load_stage_base, record_split, resolve_concepts)
 from .run_config import canonical_method, load_run_config
 
 logger = logging.getLogger(__name__)
@@ -102,10 +102,11 @@ def run_inference(config_path: str | Path, dump_dir: str | Path, mode: str = "st
     names = inference_methods(run, methods)
     dataset, prompts = load_prompts(cfg.prompts_path)
     concepts = resolve_concepts(dump_dir, concepts_path)
-    record_split(dump_dir, PromptSplit.from_config(cfg))
+    split = check_split(dump_dir, PromptSplit.from_config(cfg), "inference")  # before any work
     if base is None:
         base = load_stage_base(run)
     models = {name: load_method(dump_dir, name, base) for name in names}
+    record_split(dump_dir, split)  # nothing is written before the inputs proved usable
     parts_dir = dump_dir / "inference" / "parts" / mode
     for directory in (parts_dir, dump_dir / "inference"):  # a killed run's half-written files
         remove_interrupted_writes(directory)
