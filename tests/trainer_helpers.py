@@ -125,22 +125,58 @@ def start_train(args: list[str], log_path: Path, **env) -> subprocess.Popen:
                                 env=subprocess_env(**env), stdout=out, stderr=subprocess.STDOUT)
 
 
+def start_torchrun(args: list[str], log_path: Path, nproc: int = 2, **env) -> subprocess.Popen:
+    """``hypersteer train`` under torchrun; ``kill_after_step(..., group=True)`` SIGKILLs
+    torchrun and its workers at once, as a node failure would."""
+    with open(log_path, "ab") as out:
+        return subprocess.Popen([TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
+                                 RUN_SCRIPT, *args], cwd=REPO, env=subprocess_env(**env),
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc): torchrun starts each worker in a session of
+    its own, so a process-group kill misses them."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def kill_after_step(proc: subprocess.Popen, train_log: Path, step: int, seen_before: int,
-                    timeout: float = 60.0) -> int:
-    """SIGKILL ``proc`` as soon as its train_log shows ``step`` (among the records after the
-    first ``seen_before``). Returns the last step logged before the kill."""
+                    timeout: float = 60.0, group: bool = False) -> int:
+    """SIGKILL ``proc`` (and every process below it with ``group``) as soon as its train_log shows
+    ``step`` (among the records after the first ``seen_before``). Returns the last step logged
+    before the kill."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         steps = train_steps(train_log)[seen_before:]
         if steps and steps[-1] >= step:
-            proc.kill()
+            kill_tree(proc) if group else proc.kill()
             proc.wait(timeout=30)
             return train_steps(train_log)[seen_before:][-1]
         if proc.poll() is not None:
             raise AssertionError(f"training ended (rc={proc.returncode}) before step {step} "
                                  "was logged: it could not be killed mid-run")
         time.sleep(0.01)
-    proc.kill()
+    kill_tree(proc) if group else proc.kill()
     raise AssertionError(f"step {step} was not logged within {timeout}s")
 
 
@@ -152,6 +188,7 @@ def run_group(cmd: list[str], timeout: float, **env) -> subprocess.CompletedProc
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        kill_tree(proc)  # torchrun's workers sit in sessions of their own
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise AssertionError(f"{cmd[0]} hung for {timeout}s; stderr tail:\n{err[-3000:]}")

@@ -31,6 +31,10 @@ INITS = ("pretrained", "random")
 READOUTS = ("last_token", "mean")
 DTYPES = ("float32", "bfloat16", "float16")
 OBJECTIVES = ("lm", "reconstruction", "both")
+# How the hypernetwork is spread over ranks (ddp: replicated, also the single-process case;
+# fsdp: FSDP2-sharded) and which optimizer updates it (adamw8bit: torchao's, the ``scale`` extra).
+STRATEGIES = ("ddp", "fsdp")
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 # The separator between steering prompt and base prompt for the in-context variant. It is plain
 # text (no new special tokens) so a pretrained-initialised hypernetwork can read it.
@@ -239,6 +243,12 @@ class TrainConfig(_YamlMixin):
     gradient_checkpointing: bool = False
     max_steps: int | None = None
     seed: int = 42
+    strategy: str = "ddp"
+    optimizer: str = "adamw"
+    # fsdp only: shard the frozen base model too (else it is replicated, bf16 on GPU), and keep
+    # the sharded parameters in host memory (FSDP2's CPUOffloadPolicy; needs an accelerator).
+    shard_base: bool = False
+    cpu_offload: bool = False
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "n_epochs", "gradient_accumulation_steps", "max_length",
@@ -267,6 +277,13 @@ class TrainConfig(_YamlMixin):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}: must be >= 1 or null, got {value}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy: {self.strategy!r} is not one of {list(STRATEGIES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {list(OPTIMIZERS)}")
+        for key in ("shard_base", "cpu_offload"):
+            if getattr(self, key) and self.strategy != "fsdp":
+                raise ConfigError(f"{key}: needs strategy: fsdp (got {self.strategy!r})")
 
 
 @dataclass

@@ -243,12 +243,15 @@ class HyperSteer(nn.Module):
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     # ----- persistence -----------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """safetensors weights + a JSON config holding everything needed to rebuild."""
+    def save_pretrained(self, directory: str | Path,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """safetensors weights + a JSON config holding everything needed to rebuild.
+        ``state_dict``: the hypernetwork's full weights when this process holds only a shard
+        of them (FSDP gathers them first)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_tensors(directory / WEIGHTS_NAME, self.hypernet.state_dict(),
-                     metadata={"format": "pt"})
+        state = self.hypernet.state_dict() if state_dict is None else state_dict
+        save_tensors(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
         atomic_write_json(directory / CONFIG_NAME, {
             "hypersteer": self.config.to_dict(),
             "base_model": base_model_signature(self.base_model),

@@ -1,11 +1,12 @@
 """Training checkpoints that survive being killed at any instant.
 
-A checkpoint is a directory ``step_{N:08d}`` holding the hypernetwork (safetensors), the
-optimizer/scheduler/RNG/data-position state (a ``torch.save`` of plain tensors and numbers that
-``torch.load(weights_only=True)`` accepts) and a ``manifest.json`` with every file's SHA-256. It is
-assembled in a temporary directory and renamed into place, and the manifest is written last, so a
-directory without a valid manifest is an interrupted or corrupted write: resume skips it with a
-warning and falls back to the previous checkpoint.
+A checkpoint is a directory ``step_{N:08d}`` holding the hypernetwork (safetensors; under FSDP a
+``shards/`` directory of ``torch.distributed.checkpoint`` files, weights and optimizer, one per
+rank), the optimizer/scheduler/RNG/data-position state (a ``torch.save`` of plain tensors and
+numbers that ``torch.load(weights_only=True)`` accepts) and a ``manifest.json`` with every file's
+SHA-256. It is assembled in a temporary directory and renamed into place, and the manifest is
+written last, so a directory without a valid manifest is an interrupted or corrupted write: resume
+skips it with a warning and falls back to the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS = "hypernet.safetensors"
 STATE = "trainer_state.pt"
 MANIFEST = "manifest.json"
+SHARDS = "shards"
 
 
 def _sha256(path: Path) -> str:
@@ -37,16 +39,23 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
-                    trainer_state: dict[str, Any], keep: int) -> Path:
+def stage_checkpoint(root: Path, step: int) -> Path:
+    """A fresh hidden temporary directory for step ``step`` (what a killed writer leaves behind
+    is removed by ``remove_interrupted_writes``)."""
     root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root))
+
+
+def commit_checkpoint(root: Path, tmp: Path, step: int, trainer_state: dict[str, Any],
+                      keep: int) -> Path:
+    """Add the trainer state and the manifest of every file in ``tmp``, rename it into place and
+    drop all but the newest ``keep`` checkpoints."""
     final = root / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", suffix=".tmp", dir=root))
     try:
-        save_tensors(tmp / WEIGHTS, model_state)
         torch.save(trainer_state, tmp / STATE)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         atomic_write_json(tmp / MANIFEST, {
-            "step": step, "files": {n: _sha256(tmp / n) for n in (WEIGHTS, STATE)},
+            "step": step, "files": {n: _sha256(tmp / n) for n in files},
         })
         if final.exists():
             shutil.rmtree(final)
@@ -57,6 +66,17 @@ def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
+                    trainer_state: dict[str, Any], keep: int) -> Path:
+    tmp = stage_checkpoint(root, step)
+    try:
+        save_tensors(tmp / WEIGHTS, model_state)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return commit_checkpoint(root, tmp, step, trainer_state, keep)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -80,7 +100,7 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
-def load_latest_checkpoint(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path] | None:
+def latest_checkpoint(root: Path) -> Path | None:
     """The newest whole checkpoint, skipping (with a warning) any that are not. A checkpoint
     write that was killed half way leaves a hidden temporary directory: it goes now."""
     remove_interrupted_writes(root)
@@ -90,7 +110,10 @@ def load_latest_checkpoint(root: Path) -> tuple[dict[str, torch.Tensor], dict[st
             logger.warning("skipping checkpoint %s: %s; falling back to the previous one",
                            path, problem)
             continue
-        weights = load_tensors(path / WEIGHTS)
-        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
-        return weights, state, path
+        return path
     return None
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    return torch.load(path / STATE, map_location="cpu", weights_only=True)
+

@@ -81,8 +81,9 @@ def train_method(run: RunConfig, spec: MethodSpec, data_dir: str | Path, dump_di
     logger.info("training %s on %d examples of %d concepts (%d updates)", spec.name,
                 len(train_frame), train_frame["concept_id"].nunique(), trainer.total_updates)
     result = trainer.train(resume=resume)
+    weights = trainer.strategy.full_state_dict()  # under FSDP a collective: every rank calls it
     if info.is_main:
-        hs.save_pretrained(out_dir)
+        hs.save_pretrained(out_dir, state_dict=weights)
         write_train_layout(dump_dir, run, data_dir, set(frame["concept_id"].tolist()))
         atomic_write_json(out_dir / "train_summary.json", {
             "method": spec.name, "steps": result.steps, "first_loss": result.first_loss,

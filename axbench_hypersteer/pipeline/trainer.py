@@ -4,7 +4,9 @@ The loop is deliberately plain (nanoGPT-style): AdamW on the fp32 hypernetwork p
 autocast on GPU, never AdamW on bf16 weights), linear warmup/decay, clipping, accumulation, a dev
 loss every ``eval_every`` updates, and checkpoints that let ``resume=True`` finish with the same
 weights as a run that was never interrupted (same seed, CPU, fp32): the data order is a function
-of (seed, epoch) and the checkpoint stores the position in it.
+of (seed, epoch) and the checkpoint stores the position in it. How the hypernetwork is spread
+over ranks (DDP replicas or FSDP2 shards) is the strategy's business (``strategy.py``): the loop
+only asks it to wrap, clip, save and restore.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
@@ -27,9 +28,10 @@ from ..core.collate import SteeringCollator
 from ..core.config import TrainConfig
 from ..core.fileio import load_tensors
 from ..core.hypersteer import HyperSteer
-from .checkpointing import list_checkpoints, load_latest_checkpoint, save_checkpoint
+from .checkpointing import list_checkpoints
 from .data import TrainDataset
 from .distributed import DistInfo, all_reduce_mean
+from .strategy import make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +85,6 @@ class _LinearSchedule:
         return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
 
 
-class _VectorsOnly(torch.nn.Module):
-    """``HyperSteer.compute_vectors`` as a module's forward, so DDP can wrap it."""
-
-    def __init__(self, model: HyperSteer):
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args):
-        return self.model.compute_vectors(*args)
-
-
 class Trainer:
     def __init__(self, model: HyperSteer, train_frame, cfg: TrainConfig, out_dir: str | Path,
                  dist_info: DistInfo | None = None, dev_frame=None, heldout_frame=None,
@@ -123,8 +114,11 @@ class Trainer:
                                  f"but the training data has concept_id {top}")
         if cfg.gradient_checkpointing:
             model.hypernet.enable_gradient_checkpointing(use_reentrant=False)
-        self.params = [p for p in model.hypernet.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # Wraps (DDP) or shards (FSDP) the hypernetwork, then builds the optimizer on the result.
+        self.strategy = make_strategy(cfg, self.dist, use_bf16)
+        self.strategy.prepare(model)
+        self.optimizer, self.params = self.strategy.optimizer, self.strategy.params
+        self.net, self.vectors_net = self.strategy.net, self.strategy.vectors_net
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size,
                                           rank=self.dist.rank, shuffle=True, seed=cfg.seed)
         self.batches_per_epoch = math.ceil(len(self.sampler) / cfg.batch_size)
@@ -135,17 +129,6 @@ class Trainer:
         warmup = int(cfg.warmup_ratio * self.total_updates)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _LinearSchedule(warmup, self.total_updates))
-        self.net = model
-        self.vectors_net = model.compute_vectors
-        if self.dist.enabled:
-            ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
-            if cfg.objective == "reconstruction":
-                # DDP all-reduces gradients only for a forward that went through the DDP wrapper;
-                # calling model.compute_vectors directly would let every rank drift apart.
-                self.net = self.vectors_net = DistributedDataParallel(_VectorsOnly(model),
-                                                                      device_ids=ids)
-            else:
-                self.net = DistributedDataParallel(model, device_ids=ids)
         self.step, self.epoch, self.next_batch = 0, 0, 0
 
     def _check_lengths(self, frame, what: str = "training") -> None:
@@ -209,9 +192,10 @@ class Trainer:
         return {k: v.to(self.dist.device) for k, v in batch.items()}
 
     def _state(self) -> dict:
+        """Everything but the weights and the optimizer (the strategy saves those)."""
         state = {
             "step": self.step, "epoch": self.epoch, "next_batch": self.next_batch,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -219,12 +203,10 @@ class Trainer:
         return state
 
     def _restore(self) -> str | None:
-        found = load_latest_checkpoint(self.out_dir / "checkpoints")
+        found = self.strategy.load_checkpoint(self.out_dir / "checkpoints")
         if found is None:
             return None
-        weights, state, path = found
-        self.model.hypernet.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
+        state, path = found
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
@@ -271,7 +253,7 @@ class Trainer:
                 for i, idx in enumerate(group):
                     batch = self._to_device(self.collate([self.train_set[j] for j in idx]))
                     sync = i == len(group) - 1 or not self.dist.enabled
-                    ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
+                    ctx = self.strategy.no_sync() if not sync else contextlib.nullcontext()
                     with ctx:
                         loss, parts = self._loss(batch)
                         (loss / len(group)).backward()
@@ -279,7 +261,7 @@ class Trainer:
                     for k, v in parts.items():
                         parts_sum[k] = parts_sum.get(k, 0.0) + v / len(group)
                     seen += len(idx)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                grad_norm = self.strategy.clip_grad_norm(cfg.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -293,7 +275,7 @@ class Trainer:
                                                       device=self.dist.device), self.dist).tolist()
                 reported, parts_sum = values[0], dict(zip(names, values[1:]))
                 result.losses.append(reported)
-                lr = self.scheduler.get_last_lr()[0]
+                lr = float(self.scheduler.get_last_lr()[0])  # a tensor in torchao's optimizers
                 bar.update(1)
                 bar.set_postfix(loss=f"{reported:.4f}", lr=f"{lr:.2e}")
                 if self.step % cfg.log_every == 0:
@@ -306,10 +288,9 @@ class Trainer:
                     self._log({"step": self.step, **dev})
                 if self.next_batch >= len(batches):
                     self.epoch, self.next_batch = self.epoch + 1, 0
-                if self.dist.is_main and (self.step % cfg.checkpoint_every == 0):
-                    save_checkpoint(self.out_dir / "checkpoints", self.step,
-                                    self.model.hypernet.state_dict(), self._state(),
-                                    cfg.keep_checkpoints)
+                if self.step % cfg.checkpoint_every == 0:
+                    self.strategy.save_checkpoint(self.out_dir / "checkpoints", self.step,
+                                                  self._state())
             if self.next_batch >= len(batches):
                 self.epoch, self.next_batch = self.epoch + 1, 0
         bar.close()
