@@ -24,7 +24,7 @@ LAUNCH  := -m axbench_hypersteer.axbench
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[test]"
+	$(PIP) install -q -c constraints.txt -e ".[test,scale]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -48,7 +48,7 @@ VENV5 ?= .venv-tf5
 $(VENV5)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV5)
 	grep -viE '^(transformers|tokenizers|huggingface[-_]hub)==' constraints.txt > $(VENV5)/constraints.txt
-	$(VENV5)/bin/pip install -q -c $(VENV5)/constraints.txt -e ".[test]" "transformers==$(TF5)"
+	$(VENV5)/bin/pip install -q -c $(VENV5)/constraints.txt -e ".[test,scale]" "transformers==$(TF5)"
 	touch $@
 
 test-transformers5: $(VENV5)/.installed

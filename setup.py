@@ -29,6 +29,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
+        # Scale-out training: torchao's 8-bit AdamW (`optimizer: adamw8bit`), the one that works
+        # on FSDP2's sharded parameters. The test suite exercises it, so `make test` installs it.
+        "scale": ["torchao>=0.18,<0.19"],
         # AxBench is not on PyPI; see README ("Using AxBench's own scripts") for the install line.
     },
     entry_points={"console_scripts": ["hypersteer=axbench_hypersteer.cli:main"]},

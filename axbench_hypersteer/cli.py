@@ -7,6 +7,7 @@
     hypersteer evaluate   LLM judge → evaluate/{mode}.jsonl
     hypersteer steering-loss  judge-free: steered loss on reference answers per factor
     hypersteer report     best factor on `steering`, score on `steering_test`, tables and plots
+    hypersteer plan       per-GPU memory of ddp/fsdp x adamw/adamw8bit for a config
     hypersteer --version
 
 Errors a user can fix (bad config, bad data, missing checkpoint, judge unreachable: every
@@ -32,6 +33,7 @@ COMMANDS = {
     "evaluate": "axbench_hypersteer.pipeline.evaluate",
     "steering-loss": "axbench_hypersteer.pipeline.steering_loss",
     "report": "axbench_hypersteer.pipeline.report",
+    "plan": "axbench_hypersteer.pipeline.planner",
 }
 
 

@@ -144,6 +144,38 @@ class _CrossAttentionSite:
         return (out,) + tuple(output[1:]) if self.tuple_out else out
 
 
+def _pretrained_body(base_inner: nn.Module, hyper_config: Any, num_blocks: int,
+                     dtype: torch.dtype) -> nn.Module:
+    """The base model's embeddings, first ``num_blocks`` blocks and final norm, copied once in
+    ``dtype``. The module is built on the meta device and the copies are assigned to it, so a
+    9B-width body is never held twice (a random init, then the pretrained weights loaded over it,
+    then a dtype conversion)."""
+    device = torch.empty(0).device  # where the module would have been built
+    with torch.device("meta"):
+        body = type(base_inner)(hyper_config)
+    state = {
+        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype, copy=True)
+        for k, v in base_inner.state_dict().items()
+        if not k.startswith("layers.") or int(k.split(".")[1]) < num_blocks
+    }
+    body.load_state_dict(state, strict=True, assign=True)
+    # What no state dict holds (RoPE's inv_freq, a non-persistent buffer, and its copy kept as a
+    # plain attribute) is still on meta: take it from the same module of the base.
+    for name, module in body.named_modules():
+        source = base_inner.get_submodule(name)
+        for key, buf in module._buffers.items():
+            if buf is not None and buf.is_meta:
+                module._buffers[key] = source._buffers[key].to(device, copy=True)
+        for key, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                setattr(module, key, getattr(source, key).to(device, copy=True))
+    left = [n for n, t in [*body.named_parameters(), *body.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"pretrained init left {left[:3]} unset: the base model's state dict "
+                         "does not cover its own architecture")
+    return body
+
+
 class HyperNetwork(nn.Module):
     """Steering prompt (+ optional base context) -> steering vector ``[B, d_base]``."""
 
@@ -164,13 +196,11 @@ class HyperNetwork(nn.Module):
         # the caller's global RNG stream (data order, dropout) is left exactly as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.body = type(base_inner)(hyper_config)
             if config.init == "pretrained":
-                state = {
-                    k: v for k, v in base_inner.state_dict().items()
-                    if not k.startswith("layers.") or int(k.split(".")[1]) < num_blocks
-                }
-                self.body.load_state_dict(state, strict=True)
+                self.body = _pretrained_body(base_inner, hyper_config, num_blocks,
+                                             getattr(torch, config.dtype))
+            else:
+                self.body = type(base_inner)(hyper_config)
 
             width = hyper_config.hidden_size
             init_range = getattr(base_config, "initializer_range", 0.02)
