@@ -3,7 +3,7 @@ Gemma-2-2B-size base (bf16 base, ``dtype: bfloat16`` hypernetwork, CPU), as ``hy
 builds it: base first, then ``HyperSteer.from_base``.
 
     python benchmarks/meta_init_rss.py                       # this checkout
-    python benchmarks/meta_init_rss.py --package /work/main  # another checkout (before/after)
+    python benchmarks/meta_init_rss.py --package /tmp/before  # another checkout (same layout)
 
 Each run is one fresh process (peak RSS only grows). Prints one line: RSS after the base, peak
 RSS after the hypernetwork, the difference, and the bf16 size of the hypernetwork for scale.
@@ -32,10 +32,8 @@ def main() -> None:
         import axbench_hypersteer  # noqa: F401  (first: _common puts this checkout on the path)
     import torch
 
-    from _common import building_on, gemma2_2b_config, load, quiet
+    from _common import HyperSteer, HyperSteerConfig, building_on, gemma2_2b_config, load, quiet
     import axbench_hypersteer
-    from axbench_hypersteer.config import HyperSteerConfig
-    from axbench_hypersteer.hypersteer import HyperSteer
 
     quiet()
     from transformers import Gemma2ForCausalLM

@@ -54,6 +54,16 @@ BASE_MODELS = {
         "num_blocks": {"xattn": 34, "other": 42},
     },
 }
+# How each size trains (TrainConfig's strategy/optimizer/gradient_checkpointing), as `hypersteer
+# plan --gpus 8 --gpu_mem_gb 80` sizes it (docs/RUNBOOK.md §6): 2B fits one 80 GB GPU replicated;
+# the 9B hypernetwork (~9.4 B trainable) needs FSDP: fp32 AdamW sharded over 8 GPUs is ~50 GB per
+# GPU (fits from 4 × 80 GB up); the in-context variant's 512-token hypernetwork input also needs
+# gradient checkpointing to stay under 72 GB.
+SCALE = {
+    "2b": {},
+    "9b": {"strategy": "fsdp", "optimizer": "adamw"},
+}
+CHECKPOINTED = {("9b", "incontext")}
 N_EPOCHS = 3
 CROSS_ATTENTION_HEADS = 8
 MAX_CONCEPTS = {"heldin": 500, "heldout": 16000}  # generate section: Concept500 / Concept16K
@@ -105,6 +115,9 @@ def sweep_config(size: str, variant: str, split: str) -> dict:
     }
     if variant == "xattn":
         params["cross_attention_heads"] = CROSS_ATTENTION_HEADS
+    params.update(SCALE[size])
+    if (size, variant) in CHECKPOINTED:
+        params["gradient_checkpointing"] = True
     config = {
         "generate": {
             "lm_model": JUDGE,
