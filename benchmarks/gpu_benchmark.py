@@ -8,7 +8,13 @@ batch 12). Prints ONE line: median step time, base tokens/s, torch.cuda.max_memo
 the achieved TFLOP/s by the analytic count of axbench_hypersteer/core/flops.py.
 
     python benchmarks/gpu_benchmark.py --steps 20            # one H100-class GPU, < 10 minutes
+    python benchmarks/gpu_benchmark.py --steps 10 --strategy fsdp   # the same step under FSDP2
     python benchmarks/gpu_benchmark.py --device cpu --tiny --steps 2   # smoke test, seconds
+
+``--strategy``/``--optimizer`` go through the trainer's own strategy object
+(``pipeline/strategy.py``); ``fsdp`` on one GPU runs in a one-rank process group, so the line
+shows what FSDP2's unit-by-unit gathering and bf16 mixed-precision policy cost against the
+plain (``ddp``, single-process) step.
 
 Without CUDA (and without --device cpu) it prints a message and exits with status 0.
 """
@@ -49,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--backend", default="pyvene", choices=["pyvene", "hook"])
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--fp32", action="store_true", help="no bf16: fp32 base and no autocast")
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit"])
     p.add_argument("--fused-adam", action="store_true",
                    help="AdamW(fused=True) (the trainer uses the default foreach AdamW)")
     args = p.parse_args(argv)
@@ -92,6 +100,19 @@ def build(args, device):
     return model, hs
 
 
+def one_rank_group(device) -> None:
+    """A process group of this one process (FSDP2 needs one even on a single device)."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
 def make_batch(args, vocab: int, device):
     import torch
 
@@ -123,8 +144,11 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    from axbench_hypersteer.core.config import TrainConfig
     from axbench_hypersteer.core.flops import (HypernetShapes, LMShapes, format_flops,
                                                training_step_flops)
+    from axbench_hypersteer.pipeline.distributed import DistInfo
+    from axbench_hypersteer.pipeline.strategy import make_strategy
 
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -133,19 +157,24 @@ def main(argv=None) -> int:
     model, hs = build(args, device)
     build_s = time.perf_counter() - t0
     batch = make_batch(args, model.config.vocab_size, device)
-    params = [p for p in hs.hypernet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=8e-5, weight_decay=0.0,
-                            **({"fused": True} if args.fused_adam else {}))
     autocast = device.type == "cuda" and not args.fp32
     cuda = device.type == "cuda"
+    if args.strategy == "fsdp":
+        one_rank_group(device)
+    strategy = make_strategy(TrainConfig(strategy=args.strategy, optimizer=args.optimizer,
+                                         lr=8e-5), DistInfo(device=device), use_bf16=autocast)
+    strategy.prepare(hs)
+    params, opt = strategy.params, strategy.optimizer
+    if args.fused_adam:
+        opt = torch.optim.AdamW(params, lr=8e-5, weight_decay=0.0, fused=True)
 
     def step() -> float:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            out = hs(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
+            out = strategy.net(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
                      batch["hyper_attention_mask"], labels=batch["labels"],
                      context_mask=batch["context_mask"], return_logits=False)  # as the trainer
         out.loss.float().backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        strategy.clip_grad_norm(1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return out.loss.item()  # syncs
@@ -188,7 +217,7 @@ def main(argv=None) -> int:
     rate = format_flops(flops / med) + "/s"
     shape = "tiny" if args.tiny else "Gemma-2-2B"
     print(f"gpu_benchmark {shape} xattn N={cfg.num_blocks} l={cfg.steering_layer} "
-          f"({n_hyper / 1e6:,.1f}M trainable, {args.backend}, "
+          f"({n_hyper / 1e6:,.1f}M trainable, {args.strategy}+{args.optimizer}, {args.backend}, "
           f"{'bf16 autocast' if autocast else 'fp32'}) on {name}: step {med * 1000:.1f} ms "
           f"(median of {args.steps}, min {min(times) * 1000:.1f}), {B * T / med:,.0f} tokens/s "
           f"(batch {B}x{T}), {mem}, {rate} analytic{mfu}; "

@@ -228,15 +228,16 @@ def test_per_concept_vector_matches_flop_counter(tiny_model):
     assert vec.grad is not None
 
 
-# ----- the GPU benchmark runs end to end on CPU ------------------------------------------------
+# ----- the GPU benchmark runs end to end on CPU (FSDP2 in a one-rank gloo group) ----------------
 def test_gpu_benchmark_smoke_on_cpu():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_benchmark.py"), "--device", "cpu",
-         "--tiny", "--steps", "2", "--warmup", "1"],
+         "--tiny", "--steps", "2", "--warmup", "1", "--strategy", "fsdp"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [x for x in out.stdout.splitlines() if x.strip()]
     assert len(lines) == 1 and "tokens/s" in lines[0] and "step" in lines[0], out.stdout
+    assert "fsdp+adamw" in lines[0], out.stdout
 
 
 def test_docstring_example():
