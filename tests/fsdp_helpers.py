@@ -48,14 +48,3 @@ def fsdp_train_cfg(targets: str, **overrides) -> TrainConfig:
               reconstruction_targets=str(targets), seed=0)
     kw.update(overrides)
     return TrainConfig(**kw)
-
-
-def memory_after_backward(trainer) -> dict[str, int]:
-    """Per-rank bytes after one more forward/backward, so the gradients exist (the training
-    loop frees them after every step)."""
-    rows = [trainer.train_set[i] for i in range(trainer.cfg.batch_size)]
-    loss, _ = trainer._loss(trainer._to_device(trainer.collate(rows)))
-    loss.backward()
-    memory = trainer.strategy.memory_bytes()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    return memory

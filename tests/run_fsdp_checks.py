@@ -30,8 +30,7 @@ from axbench_hypersteer.pipeline.run_config import load_run_config  # noqa: E402
 from axbench_hypersteer.pipeline.train_stage import train_method  # noqa: E402
 from axbench_hypersteer.pipeline.trainer import Trainer  # noqa: E402
 
-from fsdp_helpers import (TRAININGS, fsdp_train_cfg, make_wide_hs,  # noqa: E402
-                          memory_after_backward)
+from fsdp_helpers import TRAININGS, fsdp_train_cfg, make_wide_hs  # noqa: E402
 
 
 def main(base_dir, data_dir, targets, config, killed_dump, out_dir) -> None:
@@ -45,7 +44,7 @@ def main(base_dir, data_dir, targets, config, killed_dump, out_dir) -> None:
         trainer = Trainer(hs, frame, fsdp_train_cfg(targets, **overrides), out_dir / name, info,
                           progress=False)
         result = trainer.train()
-        report[name] = {"losses": result.losses, "memory": memory_after_backward(trainer)}
+        report[name] = {"losses": result.losses, "memory": trainer.state_bytes()}
         weights = trainer.strategy.full_state_dict()
         if info.is_main:
             save_tensors(out_dir / f"{name}.safetensors", weights)

@@ -32,8 +32,7 @@ from axbench_hypersteer.pipeline.planner import base_config, plan
 from axbench_hypersteer.pipeline.trainer import Trainer
 from axbench_hypersteer.testing.tiny import save_tiny
 
-from fsdp_helpers import (WIDTH, fsdp_train_cfg, make_wide_hs, memory_after_backward,
-                          wide_base, wide_hs_config)
+from fsdp_helpers import WIDTH, fsdp_train_cfg, make_wide_hs, wide_base, wide_hs_config
 from trainer_helpers import (REPO, TORCHRUN, kill_after_step, method_entry, run_group,
                              start_torchrun, train_steps, write_run_yaml)
 
@@ -85,7 +84,7 @@ def one_process(fsdp_runs, concept10_dir):
                       fsdp_train_cfg(fsdp_runs.targets, batch_size=4),
                       fsdp_runs.root / "one_process", progress=False)
     result = trainer.train()
-    return SimpleNamespace(losses=result.losses, memory=memory_after_backward(trainer),
+    return SimpleNamespace(losses=result.losses, memory=trainer.state_bytes(),
                            weights=trainer.strategy.full_state_dict())
 
 

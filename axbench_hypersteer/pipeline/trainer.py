@@ -214,6 +214,16 @@ class Trainer:
         self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
         return str(path)
 
+    def state_bytes(self) -> dict[str, int]:
+        """This rank's hypernetwork parameter, gradient and optimizer bytes, after one more
+        forward/backward so that the gradients exist (the loop frees them after each step)."""
+        rows = [self.train_set[i] for i in range(min(self.cfg.batch_size, len(self.train_set)))]
+        loss, _ = self._loss(self._to_device(self.collate(rows)))
+        loss.backward()
+        memory = self.strategy.memory_bytes()
+        self.optimizer.zero_grad(set_to_none=True)
+        return memory
+
     def _log(self, record: dict) -> None:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
