@@ -105,7 +105,9 @@ def test_two_fsdp_ranks_train_what_one_process_and_ddp_train(fsdp_runs, one_proc
     ddp = load_file(fsdp_runs.out / "ddp_adamw.safetensors")
     _assert_close(fsdp, one_process.weights, "2-rank FSDP vs 1 process")
     _assert_close(fsdp, ddp, "2-rank FSDP vs 2-rank DDP")
-    for name in ("fsdp_adamw", "ddp_adamw"):
+    _assert_close(load_file(fsdp_runs.out / "fsdp_shard_base.safetensors"), fsdp,
+                  "base sharded too vs base replicated")
+    for name in ("fsdp_adamw", "ddp_adamw", "fsdp_shard_base"):
         losses = fsdp_runs.reports[0][name]["losses"]
         assert len(losses) == 3
         assert losses == pytest.approx(one_process.losses, rel=1e-5), name
