@@ -229,3 +229,20 @@ def test_adamw8bit_without_torchao_names_the_extra(monkeypatch):
     with pytest.raises(ConfigError) as err:
         build_optimizer("adamw8bit", [torch.nn.Parameter(torch.zeros(2))], 1e-3, 0.0)
     assert ".[scale]" in _one_line(err.value)
+
+
+def test_resuming_under_the_other_strategy_says_which(tokenizer, concept10_dir, tmp_path):
+    from axbench_hypersteer.pipeline.checkpointing import commit_checkpoint, stage_checkpoint
+    from trainer_helpers import make_hs, tiny_base
+
+    root = tmp_path / "checkpoints"
+    staged = stage_checkpoint(root, 2)
+    (staged / SHARDS).mkdir()
+    (staged / SHARDS / ".metadata").write_bytes(b"shards of an fsdp run")
+    commit_checkpoint(root, staged, 2, {"step": 2}, keep=2)
+    frame = load_train_frame(concept10_dir, max_num_of_examples=1, seed=0)
+    trainer = Trainer(make_hs(tiny_base(tokenizer), tokenizer, "xattn"), frame,
+                      TrainConfig(max_length=256), tmp_path, progress=False)
+    with pytest.raises(ConfigError) as err:
+        trainer.train(resume=True)
+    assert "written by strategy fsdp" in _one_line(err.value)

@@ -93,6 +93,7 @@ class ReplicatedStrategy:
         path = latest_checkpoint(root)
         if path is None:
             return None
+        _check_kind(path, WEIGHTS, self.name)
         self.hypernet.load_state_dict(load_tensors(path / WEIGHTS))
         state = load_trainer_state(path)
         self.optimizer.load_state_dict(state.pop("optimizer"))
@@ -191,6 +192,7 @@ class FSDPStrategy(ReplicatedStrategy):
         path = _broadcast(latest_checkpoint(root) if self.dist.is_main else None)
         if path is None:
             return None
+        _check_kind(path, SHARDS, self.name)
         state = self._sharded_state()
         dcp.load(state, checkpoint_id=path / SHARDS)
         set_state_dict(self.hypernet, self.optimizer, model_state_dict=state["model"],
@@ -206,6 +208,15 @@ def hypernet_units(hypernet: nn.Module) -> list[nn.Module | list[nn.Module]]:
     if not xattns:
         return layers
     return [[layer, xattn] for layer, xattn in zip(layers, xattns)]
+
+
+def _check_kind(path: Path, expected: str, strategy: str) -> None:
+    """A checkpoint resumes under the strategy that wrote it (one file vs per-rank shards)."""
+    if not (path / expected).exists():
+        other = "fsdp" if strategy == "ddp" else "ddp"
+        raise ConfigError(f"{path}: written by strategy {other}, resumed with strategy "
+                          f"{strategy}: resume with strategy: {other} (or start afresh without "
+                          "--resume)")
 
 
 def _broadcast(value):
