@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one line per judge request
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # transformers imports torchao (the `.[scale]` extra) whenever it is installed, and its
+    # import warns about GPU kernels a CPU wheel lacks: lines ahead of every error, for nothing.
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     module = importlib.import_module(COMMANDS[argv[0]])
     return run_command(f"hypersteer {argv[0]}", module.main, argv[1:])
 
