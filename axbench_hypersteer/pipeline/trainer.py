@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..core.collate import SteeringCollator
 from ..core.config import TrainConfig
 from ..core.fileio import load_tensors
+from ..core.hypernet import check_architecture
 from ..core.hypersteer import HyperSteer
 from .checkpointing import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from .data import TrainDataset
@@ -223,6 +224,7 @@ class Trainer:
         if found is None:
             return None
         weights, state, path = found
+        check_architecture(weights, str(path))
         self.model.hypernet.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
