@@ -64,3 +64,21 @@ def test_learns_at_the_papers_learning_rate(tokenizer, concept10_dir, tmp_path):
     assert fraction >= MIN_FRACTION, (
         f"{STEPS} updates at lr 8e-5 removed {100 * fraction:.1f}% of the held-out loss, "
         f"pinned >= {100 * MIN_FRACTION:.0f}%: the hypernetwork learns slower than it did")
+
+
+def test_checkpoint_of_the_old_architecture_fails_with_one_line(tiny_model, tokenizer, tmp_path):
+    from axbench_hypersteer.config import ConfigError
+    from axbench_hypersteer.fileio import load_tensors, save_tensors
+    from axbench_hypersteer.hypersteer import WEIGHTS_NAME
+
+    hs = HyperSteer.from_base(tiny_model, tokenizer, HyperSteerConfig(
+        variant="xattn", steering_layer=2, num_blocks=2, cross_attention_heads=4), backend="hook")
+    hs.save_pretrained(tmp_path)
+    HyperSteer.from_pretrained(tmp_path, tiny_model, tokenizer, backend="hook")  # round trip
+    state = load_tensors(tmp_path / WEIGHTS_NAME)
+    old = {k.replace(".post_norm.", ".context_norm."): v for k, v in state.items()}
+    old["body.norm.weight"] = torch.ones(tiny_model.config.hidden_size)
+    save_tensors(tmp_path / WEIGHTS_NAME, old, metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=r"hypernet.safetensors: saved by hypernetwork "
+                                          r"architecture 1 .* train the hypernetwork again"):
+        HyperSteer.from_pretrained(tmp_path, tiny_model, tokenizer, backend="hook")
