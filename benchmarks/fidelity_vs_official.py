@@ -22,8 +22,11 @@ runs our side alone).
     python benchmarks/fidelity_vs_official.py --official /tmp/official \\
         --official-pythonpath /tmp/tf445 [--lr 8e-5 1e-3] [--steps 150]
 
+``--step-cost`` instead times a training step of the current block against the same block without
+what the fix added (post-norm, query RoPE, soft-capping), interleaved in one process.
+
 Reusable pieces (another benchmark may import them): ``build_setup``, ``train_ours``,
-``train_official``, ``heldout_loss``, ``curve``.
+``train_official``, ``heldout_loss``, ``curve``, ``step_cost``.
 """
 
 from __future__ import annotations
@@ -297,6 +300,45 @@ def _official_worker(job_path: str, official: Path) -> None:
     dist.destroy_process_group()
 
 
+# ------------------------------------------------------------------------------ cost of the fix
+
+
+def strip_official_additions(hs: HyperSteer) -> None:
+    """Remove what the fix added to each cross-attention (post-norm, query RoPE, soft-capping:
+    SDPA again), leaving the rest as it is: the other side of the cost measurement."""
+    for xattn in hs.hypernet.cross_attentions:
+        xattn.post_norm, xattn.rotary, xattn.softcap = torch.nn.Identity(), None, None
+
+
+def step_cost(model_name: str = "tiny", batch_size: int = 12, reps: int = 10) -> dict:
+    """Training-step time (forward, backward, AdamW; as the trainer runs it) of the current block
+    against the same block without the additions, interleaved in one process."""
+    import random
+
+    tokenizer = build_tiny_tokenizer()
+    model, hs = _common.build(model_name, tokenizer, backend="hook")
+    bare = HyperSteer.from_base(model, tokenizer, hs.config, backend="hook")
+    bare.hypernet.load_state_dict(hs.hypernet.state_dict())
+    strip_official_additions(bare)
+    batch = SteeringCollator(tokenizer)(random.Random(0).sample(_common.concept10()[1], batch_size))
+
+    def step(h, opt):
+        def run():
+            loss = h(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
+                     batch["hyper_attention_mask"], labels=batch["labels"],
+                     context_mask=batch["context_mask"], return_logits=False).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    sides = {name: step(h, torch.optim.AdamW(h.hypernet.parameters(), lr=8e-5))
+             for name, h in (("official_block", hs), ("without_additions", bare))}
+    times = _common.interleaved(sides, reps)
+    return {"ratio": _common.ratio(times, "official_block", "without_additions"),
+            **{f"{k}_ms": _common.median_ms(v) for k, v in times.items()}}
+
+
 # ------------------------------------------------------------------------------------- report
 
 
@@ -320,11 +362,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, nargs="+", default=[8e-5, 1e-3])
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--ours-only", action="store_true")
+    p.add_argument("--step-cost", action="store_true",
+                   help="instead: time a training step with and without what the fix added")
+    p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker:
         _official_worker(args._worker, Path(args.official))
+        return 0
+    if args.step_cost:
+        _common.quiet()
+        torch.set_num_threads(args.threads)
+        cost = step_cost(reps=args.reps)
+        print(f"step_cost tiny batch 12: official block {cost['official_block_ms']:.0f} ms, "
+              f"without post-norm/RoPE/soft-capping {cost['without_additions_ms']:.0f} ms, "
+              f"ratio {cost['ratio']:.3f} (median of {args.reps} pairs, load {_common.load()})")
         return 0
     official = official_path(args.official)
     if official is None and not args.ours_only:
