@@ -67,10 +67,6 @@ def test_learns_at_the_papers_learning_rate(tokenizer, concept10_dir, tmp_path):
 
 
 def test_checkpoint_of_the_old_architecture_fails_with_one_line(tiny_model, tokenizer, tmp_path):
-    from axbench_hypersteer.config import ConfigError
-    from axbench_hypersteer.fileio import load_tensors, save_tensors
-    from axbench_hypersteer.hypersteer import WEIGHTS_NAME
-
     hs = HyperSteer.from_base(tiny_model, tokenizer, HyperSteerConfig(
         variant="xattn", steering_layer=2, num_blocks=2, cross_attention_heads=4), backend="hook")
     hs.save_pretrained(tmp_path)
