@@ -316,7 +316,7 @@ def test_gradients_reach_only_the_hypernetwork(tiny_model, tokenizer, variant, b
         assert len(hs.hypernet.cross_attentions) == 2
         groups += [f"cross_attentions.{i}.{part}" for i in range(2)
                    for part in ("q_proj", "k_proj", "v_proj", "o_proj", "query_norm",
-                                "context_norm")]
+                                "post_norm")]
     else:
         assert len(hs.hypernet.cross_attentions) == 0
     for prefix in groups:
@@ -362,7 +362,9 @@ def test_pretrained_init_copies_embeddings_and_first_blocks(gemma, tokenizer, va
     pre = make_hs(gemma, tokenizer, variant, init="pretrained", num_blocks=2)
     body = pre.hypernet.body.state_dict()
     assert len(pre.hypernet.body.layers) == 2
-    assert set(body) == {k for k in base if not k.startswith(("layers.2.", "layers.3."))}
+    # The final norm is not used (the readout reads the raw residual, as the official code does).
+    assert set(body) == {k for k in base
+                         if not k.startswith(("layers.2.", "layers.3.")) and k != "norm.weight"}
     for k, v in body.items():
         assert torch.equal(v, base[k]), k
     # A copy, not shared storage: training the hypernetwork must not move the base model.

@@ -337,8 +337,13 @@ class JudgeConfig(_YamlMixin):
     timeout: float = 60.0
     backoff_base: float = 1.0
     backoff_max: float = 30.0
+    # Judge templates: "auto" = AxBench's own when AxBench is importable (the only scores
+    # comparable with AxBench's tables and the paper's), else the package's; or force one.
+    rubric: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.rubric not in ("auto", "axbench", "package"):
+            raise ConfigError(f"rubric: {self.rubric!r} is not one of ['auto', 'axbench', 'package']")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency: must be >= 1, got {self.concurrency}")
         if self.max_retries < 0:

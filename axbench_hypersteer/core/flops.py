@@ -27,8 +27,8 @@ Where the gradient goes:
 * HyperSteer steers the output of block ``l``; the loss is the base LM's cross-entropy. Gradients
   flow back through blocks ``l+1 .. L-1`` and the LM head (activation gradients only), reach the
   steering vector, and continue into the hypernetwork (weights trained). Blocks ``0..l`` of the
-  base never see a gradient: the cross-attention context is a frozen activation (its k/v
-  projections still pay ``dX``, for the trained RMSNorm applied to the context).
+  base never see a gradient: the cross-attention context is a frozen activation read raw, so
+  its k/v projections pay ``dW`` but no ``dX``.
 * A per-concept steering vector (AxBench's SteeringVector / ReFT-r1, ``n_epochs × 72`` examples,
   one concept at a time) needs the same backward through blocks ``l+1..L-1``; its own gradient is
   an O(T·d) sum, not counted.
@@ -45,7 +45,7 @@ to the FLOP, RoPE's outer product aside).
     >>> step = training_step_flops(g, HypernetShapes(22), steering_layer=20, batch_size=12,
     ...                            tokens=160, steering_tokens=16)
     >>> format_flops(step.total)
-    '18.8 TFLOP'
+    '17.9 TFLOP'
 """
 
 from __future__ import annotations
@@ -198,9 +198,9 @@ def hypernet_cost(base: LMShapes, arch: HypernetShapes, steering_tokens: int,
             raise ValueError("the cross-attention hypernetwork needs context_tokens >= 1")
         per_block = (linear(S, d, d, train, train, convention)          # q
                      + linear(S, d, d, train, train, convention)        # o
-                     # k, v of the context: the base residual is frozen, but the context's
-                     # RMSNorm weight is trained, so dX is needed too
-                     + linear(T, d, 2 * d, train, train, convention)
+                     # k, v of the context: the raw base residual is frozen (no norm on
+                     # it, as in the official block), so no dX
+                     + linear(T, d, 2 * d, False, train, convention)
                      + attention_core(S, T, d, backward=train))
         cost = cost + arch.num_blocks * per_block
     return cost + linear(1, d, d, train, train, convention)  # readout on the pooled token

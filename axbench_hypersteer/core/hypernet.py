@@ -9,20 +9,40 @@ All three variants share this module. They differ only in what they feed it:
 
 The decoder blocks are the base model's own HF classes, run by the base model's own ``forward``
 (so masks, RoPE and caches follow whatever transformers version is installed). Cross-attention is
-spliced in with hooks, between self-attention and the MLP as in the reference design: after the
-self-attention residual add, ``h <- h + CrossAttn(h, context)``.
+spliced in with hooks, between self-attention and the MLP as in the official design (AxBench fork,
+commit c01a22a): after the self-attention residual add,
+``h <- h + PostNorm(CrossAttn(PreNorm(h), context))`` with the raw base residual as ``context``.
+The readout is a linear map of the last token's raw residual (no final norm), as in the official
+hypernetwork. docs/fidelity.md lists what still differs and what each difference was measured to do.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .config import HyperSteerConfig
+from .config import ConfigError, HyperSteerConfig
+
+# Raised when saved weights stop meaning what they meant (recorded in every checkpoint's config).
+# 2: issue 17, the official block: raw-residual readout, post-cross-attention norm, raw context.
+ARCHITECTURE_VERSION = 2
+
+
+def check_architecture(state_keys: Iterable[str], where: str) -> None:
+    """Weights saved before ARCHITECTURE_VERSION 2 have a final norm before the readout and a
+    context norm in each cross-attention, and no post-cross-attention norm: loading them would
+    either fail deep in ``load_state_dict`` or silently compute other vectors. Say so instead."""
+    legacy = [k for k in state_keys if k == "body.norm.weight" or ".context_norm." in k]
+    if legacy:
+        raise ConfigError(
+            f"{where}: saved by hypernetwork architecture 1 (final norm before the readout, "
+            f"normalised cross-attention context; key {legacy[0]!r}); architecture "
+            f"{ARCHITECTURE_VERSION} follows the official HyperSteer block and cannot reuse "
+            "these weights: train the hypernetwork again")
 
 
 class RMSNorm(nn.Module):
@@ -41,22 +61,51 @@ class RMSNorm(nn.Module):
         return (x32 * self.weight.float()).to(x.dtype)
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class QueryRotary(nn.Module):
+    """RoPE for the cross-attention queries alone (the official block rotates its queries by the
+    hypernetwork token positions and leaves the base keys unrotated)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, q: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """q [B, H, T, hd], position_ids [B, T] -> q rotated, same shape/dtype."""
+        freqs = position_ids[:, :, None].float() * self.inv_freq.float()[None, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, hd]
+        q32 = q.float()
+        return (q32 * emb.cos() + rotate_half(q32) * emb.sin()).to(q.dtype)
+
+
 class CrossAttention(nn.Module):
     """Queries from the hypernetwork stream, keys/values from the base model's residual stream.
 
-    Both sides are RMS-normalised first: the base residual at layer 20 of Gemma-2 has norms in the
-    hundreds, which would saturate the softmax of a freshly initialised attention.
+    Follows the official HyperSteer block (AxBench fork, c01a22a): the query side is
+    RMS-normalised, the keys/values read the RAW base residual, queries get RoPE at the
+    hypernetwork positions, attention logits are soft-capped as in the base model's own attention
+    (Gemma-2), and the output is RMS-normalised before it joins the residual. Normalising the
+    output (not the context) is what lets this module move the hypernetwork residual at the
+    residual's own scale from the first step: see docs/fidelity.md.
     """
 
     def __init__(self, hidden_size: int, context_size: int, num_heads: int,
-                 initializer_range: float = 0.02, eps: float = 1e-6):
+                 initializer_range: float = 0.02, eps: float = 1e-6,
+                 softcap: float | None = None, rope_theta: float | None = None):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"cross_attention_heads={num_heads} does not divide {hidden_size}")
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
+        self.softcap = softcap
+        self.rotary = QueryRotary(self.head_dim, rope_theta) if rope_theta else None
         self.query_norm = RMSNorm(hidden_size, eps)
-        self.context_norm = RMSNorm(context_size, eps)
+        self.post_norm = RMSNorm(hidden_size, eps)
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.k_proj = nn.Linear(context_size, hidden_size, bias=False)
         self.v_proj = nn.Linear(context_size, hidden_size, bias=False)
@@ -66,26 +115,40 @@ class CrossAttention(nn.Module):
         self.last_attention: torch.Tensor | None = None  # [B, H, T, S] when record_attention
         self.record_attention = False
 
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor) -> torch.Tensor:
-        """hidden [B, T, d], context [B, S, d_ctx], context_mask [B, S] bool -> [B, T, d]."""
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [B, T, d], context [B, S, d_ctx], context_mask [B, S] bool,
+        position_ids [B, T] (queries' RoPE positions) -> [B, T, d]."""
         bsz, q_len, _ = hidden.shape
         k_len = context.shape[1]
         x = self.query_norm(hidden)
-        ctx = self.context_norm(context.to(hidden.dtype))
+        ctx = context.to(hidden.dtype)
         q = self.q_proj(x).view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(ctx).view(bsz, k_len, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(ctx).view(bsz, k_len, self.num_heads, self.head_dim).transpose(1, 2)
+        if self.rotary is not None and position_ids is not None:
+            q = self.rotary(q, position_ids)
         mask = context_mask[:, None, None, :].to(torch.bool)  # [B, 1, 1, S]
-        if self.record_attention:
-            scores = (q @ k.transpose(-1, -2)) / self.head_dim**0.5
-            probs = scores.masked_fill(~mask, float("-inf")).float().softmax(-1).to(q.dtype)
-            self.last_attention = probs.detach()
+        if self.record_attention or self.softcap:
+            scores = (q @ k.transpose(-1, -2)).float() / self.head_dim**0.5  # [B, H, T, S]
+            if self.softcap:
+                scores = torch.tanh(scores / self.softcap) * self.softcap
+            probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).to(q.dtype)
+            if self.record_attention:
+                self.last_attention = probs.detach()
             out = probs @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(bsz, q_len, -1)  # [B, T, d]
-        return self.o_proj(out)
+        return self.post_norm(self.o_proj(out))
+
+
+def _rope_theta(base_config: Any) -> float:
+    """RoPE base of the base model (transformers 5 moved it into ``rope_parameters``)."""
+    theta = getattr(base_config, "rope_theta", None)
+    if theta is None:
+        theta = (getattr(base_config, "rope_parameters", None) or {}).get("rope_theta")
+    return float(theta or 10000.0)
 
 
 def _hidden_from_output(output: Any) -> torch.Tensor:
@@ -202,21 +265,29 @@ class HyperNetwork(nn.Module):
             else:
                 self.body = type(base_inner)(hyper_config)
 
+            # The readout reads the raw residual of the last token, as the official
+            # hypernetwork does (its final norm is never applied): the normalised state is
+            # several times smaller, so the vectors would start smaller and Adam would grow
+            # them as many times slower.
+            self.body.norm = nn.Identity()
+
             width = hyper_config.hidden_size
             init_range = getattr(base_config, "initializer_range", 0.02)
             self.cross_attentions = nn.ModuleList()
             self._sites: list[_CrossAttentionSite] = []
             if config.variant == "xattn":
                 eps = getattr(base_config, "rms_norm_eps", 1e-6)
+                softcap = getattr(base_config, "attn_logit_softcapping", None)
                 for layer in self.body.layers:
                     xattn = CrossAttention(width, base_config.hidden_size,
-                                           config.cross_attention_heads, init_range, eps)
+                                           config.cross_attention_heads, init_range, eps,
+                                           softcap=softcap, rope_theta=_rope_theta(base_config))
                     self.cross_attentions.append(xattn)
                     self._sites.append(_CrossAttentionSite(layer, xattn, self))
             self.readout = nn.Linear(width, base_config.hidden_size, bias=True)
             nn.init.normal_(self.readout.weight, std=init_range)
             nn.init.zeros_(self.readout.bias)
-        self._context: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._context: tuple[torch.Tensor, ...] | None = None  # (context, mask, query positions)
         self.to(getattr(torch, config.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -234,15 +305,16 @@ class HyperNetwork(nn.Module):
                 raise ValueError("the cross-attention variant needs context and context_mask")
             if not bool(context_mask.any(-1).all()):
                 raise ValueError("context_mask: every row needs at least one base prompt token")
-            self._context = (context, context_mask.to(torch.bool))
         # Positions from the mask, so left-padded rows see the same RoPE phases as unpadded ones.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self.config.variant == "xattn":
+            self._context = (context, context_mask.to(torch.bool), position_ids)
         restore = self._bind_context_for_recompute()
         try:
             hidden = self.body(
                 input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids, use_cache=False,
-            ).last_hidden_state  # [B, S, d], after the final norm
+            ).last_hidden_state  # [B, S, d], the raw residual (body.norm is the identity)
         finally:
             self._context = None
             for module, ckpt in restore:

@@ -23,7 +23,7 @@ from .collate import SteeringCollator, format_prompt
 from .config import ConfigError, HyperSteerConfig
 from .errors import MissingFileError
 from .fileio import atomic_write_json, load_tensors, read_json, save_tensors
-from .hypernet import HyperNetwork
+from .hypernet import ARCHITECTURE_VERSION, HyperNetwork, check_architecture
 from .steering import DeltaFn, Steerer, SteeringSource, residual_after
 
 logger = logging.getLogger(__name__)
@@ -255,6 +255,7 @@ class HyperSteer(nn.Module):
         atomic_write_json(directory / CONFIG_NAME, {
             "hypersteer": self.config.to_dict(),
             "base_model": base_model_signature(self.base_model),
+            "hypernet_architecture": ARCHITECTURE_VERSION,
             "package_version": __version__,
         })
         return directory
@@ -271,8 +272,9 @@ class HyperSteer(nn.Module):
         saved = read_json(directory / CONFIG_NAME)
         check_base_matches(saved.get("base_model", {}), base_model, directory)
         config = HyperSteerConfig.from_dict(saved["hypersteer"], where=str(directory / CONFIG_NAME))
-        model = cls(base_model, tokenizer, config, backend=backend)
         state = load_tensors(directory / WEIGHTS_NAME)
+        check_architecture(state, str(directory / WEIGHTS_NAME))
+        model = cls(base_model, tokenizer, config, backend=backend)
         missing, unexpected = model.hypernet.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{directory / WEIGHTS_NAME}: weights do not fit the config "

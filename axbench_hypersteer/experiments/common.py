@@ -354,7 +354,9 @@ def judge_session(mode: str, run: RunConfig) -> Iterator[JudgeConfig | None]:
     server, url = start_offline_judge()
     logger.warning("judging with the OFFLINE RULE-BASED STAND-IN at %s (not an LLM)", url)
     try:
-        yield JudgeConfig(**{**run.judge.to_dict(), "base_url": url})
+        yield JudgeConfig(**{**run.judge.to_dict(), "base_url": url,
+                                      # the stand-in reads only the package's marked rubric
+                                      "rubric": "package"})
     finally:
         stop_offline_judge(server)
 

@@ -8,8 +8,10 @@ reading a cached prompt) knows which rubric is being applied.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import string
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +28,85 @@ REQUIRED_FIELDS: dict[str, frozenset[str]] = {
 MARKER_PREFIX = "### Criterion:"
 _MARKER_RE = re.compile(r"^###\s*Criterion:\s*(\w+)\s*$", re.MULTILINE)
 _TAG_FIELDS = {"concept": "concept", "instruction": "instruction", "response": "sentence"}
+
+
+# AxBench's own rubric: where its judge keeps the three templates (module inside the installed
+# ``axbench`` package, and attribute per criterion). Only names live here, never the text.
+AXBENCH_TEMPLATES_MODULE = ("evaluators", "prompt_templates.py")
+AXBENCH_TEMPLATE_NAMES: dict[str, str] = {
+    "concept": "UNIDIRECTIONAL_PAIRWISE_EVALUATION_CONCEPT_RELEVANCE_TEMPLATE",
+    "instruction": "UNIDIRECTIONAL_PAIRWISE_EVALUATION_INSTRUCTION_RELEVANCE_TEMPLATE",
+    "fluency": "UNIDIRECTIONAL_PAIRWISE_EVALUATION_FLUENCY_TEMPLATE",
+}
+RUBRICS = ("auto", "axbench", "package")
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """The judge templates in use and where they came from (recorded with every score)."""
+
+    name: str  # "axbench" (comparable with AxBench's tables) or "package" (our own wording)
+    source: str  # the file the templates were read from
+    templates: dict[str, str]
+
+    def describe(self) -> dict[str, str]:
+        return {"name": self.name, "source": self.source}
+
+
+def axbench_templates_file() -> Path | None:
+    """AxBench's judge-template module, located without importing ``axbench`` (its
+    ``__init__`` imports every method and their heavy dependencies); None if not installed."""
+    try:
+        spec = importlib.util.find_spec("axbench")
+    except (ImportError, ValueError):
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root).joinpath(*AXBENCH_TEMPLATES_MODULE)
+        if path.is_file():
+            return path
+    return None
+
+
+def load_axbench_templates(path: Path) -> dict[str, str]:
+    """AxBench's three rubric templates, imported from its module at run time."""
+    spec = importlib.util.spec_from_file_location("_axbench_judge_templates", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # a broken install: say which file, not a traceback
+        raise ConfigError(f"{path}: cannot import AxBench's judge templates ({err})") from None
+    templates = {}
+    for criterion, name in AXBENCH_TEMPLATE_NAMES.items():
+        template = getattr(module, name, None)
+        if not isinstance(template, str):
+            raise ConfigError(f"{path}: has no string {name} (AxBench's {criterion} rubric)")
+        fields = _fields_of(template, f"{path}:{name}")
+        if fields != REQUIRED_FIELDS[criterion]:
+            raise ConfigError(f"{path}:{name}: template fields are {sorted(fields)}, expected "
+                              f"{sorted(REQUIRED_FIELDS[criterion])}")
+        templates[criterion] = template
+    return templates
+
+
+def resolve_rubric(rubric: str = "auto", templates_path: str | Path | None = None) -> Rubric:
+    """Which templates the judge uses. ``auto``: AxBench's own when ``axbench`` is installed
+    (only those give scores comparable with AxBench's published tables), else the package's;
+    an explicit ``templates_path`` is always used as given."""
+    if rubric not in RUBRICS:
+        raise ConfigError(f"rubric: {rubric!r} is not one of {list(RUBRICS)}")
+    if templates_path is not None:
+        return Rubric("custom", str(templates_path), load_templates(templates_path))
+    if rubric == "package":
+        path = default_templates_path()
+        return Rubric("package", str(path), load_templates(path))
+    found = axbench_templates_file()
+    if found is None:
+        if rubric == "axbench":
+            raise ConfigError("rubric: 'axbench' needs AxBench installed (import axbench), "
+                              "which is not importable here")
+        path = default_templates_path()
+        return Rubric("package", str(path), load_templates(path))
+    return Rubric("axbench", str(found), load_axbench_templates(found))
 
 
 def default_templates_path() -> Path:

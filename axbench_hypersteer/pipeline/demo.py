@@ -91,7 +91,9 @@ def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path
         print(f"[demo] judging with the real LLM judge ({judge_config.lm_model})")
     else:
         server, url = start_offline_judge()
-        judge_config = JudgeConfig(**{**judge_config.to_dict(), "base_url": url})
+        judge_config = JudgeConfig(**{**judge_config.to_dict(), "base_url": url,
+                                      # the stand-in reads only the package's marked rubric
+                                      "rubric": "package"})
         print(f"[demo] no OPENAI_API_KEY: judging with the OFFLINE RULE-BASED STAND-IN at {url} "
               "(not an LLM; scores only show the pipeline works)")
     try:

@@ -29,7 +29,7 @@ from axbench_hypersteer.judge.aggregate import (
     perplexity_metrics)
 from axbench_hypersteer.judge.cache import JudgeCache
 from axbench_hypersteer.judge.client import Judgement, JudgeStats, LLMJudge
-from axbench_hypersteer.judge.prompts import build_prompt, load_templates
+from axbench_hypersteer.judge.prompts import RUBRICS, Rubric, build_prompt, resolve_rubric
 from axbench_hypersteer.judge.records import (
     append_record, load_records, rewrite_records, write_data_parquet)
 from axbench_hypersteer.pipeline.common import MODES, PromptSplit, add_progress_flags, check_split
@@ -70,10 +70,11 @@ class EvaluateSummary:
     failed_judgements: int
     jsonl_path: str
     parquet_path: str
+    rubric: str = "package"
 
     def format(self) -> str:
         text = (
-            f"evaluate[{self.mode}] methods={','.join(self.methods)}: "
+            f"evaluate[{self.mode}] methods={','.join(self.methods)} rubric={self.rubric}: "
             f"{self.concepts_judged} concept(s) judged, {self.concepts_skipped} already done, "
             f"{self.concepts_unfinished} unfinished of {self.concepts_total}; "
             f"{self.calls} judge call(s), {self.cache_hits} cache hit(s), {self.retries} "
@@ -160,21 +161,23 @@ async def _judge_rows(
 
 
 async def _judge_concept(
-    judge: SupportsJudge, templates: dict[str, str], rows: pd.DataFrame, methods: list[str],
+    judge: SupportsJudge, rubric: Rubric, rows: pd.DataFrame, methods: list[str],
     previous: dict | None,
 ) -> dict:
     """One concept's jsonl record; methods not re-judged now keep their previous results."""
     results: dict[str, dict] = {JUDGE_EVALUATOR: {}, PPL_EVALUATOR: {}}
     for name, entries in ((previous or {}).get("results") or {}).items():
         results.setdefault(name, {}).update(entries)
-    judged = await _gather_all([_judge_rows(judge, templates, rows, m) for m in methods])
+    judged = await _gather_all([_judge_rows(judge, rubric.templates, rows, m) for m in methods])
     factors = [float(f) for f in rows["factor"]]
     for method, row_judgements in zip(methods, judged):
         results[JUDGE_EVALUATOR][method] = lm_judge_metrics(factors, row_judgements)
         ppl = perplexity_metrics(rows, method)
         if ppl is not None:
             results[PPL_EVALUATOR][method] = ppl
-    return {"concept_id": int(rows["concept_id"].iloc[0]), "results": results}
+    # Which rubric produced the scores: only AxBench's own is comparable with its tables.
+    return {"concept_id": int(rows["concept_id"].iloc[0]), "results": results,
+            "rubric": rubric.describe()}
 
 
 def _is_done(record: dict | None, methods: Sequence[str], n_rows: int) -> bool:
@@ -199,11 +202,15 @@ async def evaluate(
     templates_path: str | Path | None = None,
     cache_path: str | Path | None = None,
     progress: bool = True,
+    rubric: str | None = None,
 ) -> EvaluateSummary:
     """Judge one split of ``{dump_dir}/inference/steering_data.parquet`` and write the evaluate
     files. ``judge`` (an :class:`LLMJudge`) is built from ``judge_config`` when not given, with its
     cache at ``cache_path`` (default ``{dump_dir}/evaluate/judge_cache.jsonl``). ``split`` (from
     the config) must match the one the dump's inference recorded; either one is enough.
+    ``rubric`` (default: ``judge_config.rubric``): see
+    :func:`~axbench_hypersteer.judge.prompts.resolve_rubric` (``auto``: AxBench's own templates
+    when AxBench is installed); every record names the rubric that scored it.
 
     Raises :class:`~axbench_hypersteer.judge.client.JudgeUnavailableError` after saving every
     finished concept if the judge stops answering altogether.
@@ -212,7 +219,7 @@ async def evaluate(
     data_path = dump_dir / "inference" / "steering_data.parquet"
     df, methods = load_steering_data(data_path, methods)
     rows = split_by_input_id(df, mode, check_split(dump_dir, split, "evaluate"))
-    templates = load_templates(templates_path)
+    rubric_used = resolve_rubric(rubric or (judge_config or JudgeConfig()).rubric, templates_path)
     out_dir = dump_dir / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl_path, parquet_path = out_dir / f"{mode}.jsonl", out_dir / f"{mode}_data.parquet"
@@ -235,7 +242,7 @@ async def evaluate(
     async def run_one(concept_id: int) -> None:
         async with window:
             record = await _judge_concept(
-                judge, templates, groups[concept_id], methods, previous.get(concept_id)
+                judge, rubric_used, groups[concept_id], methods, previous.get(concept_id)
             )
         append_record(jsonl_path, record)
         records[concept_id] = record
@@ -259,7 +266,7 @@ async def evaluate(
         concepts_unfinished=sum(o is not None for o in outcomes),
         judgements=stats.judgements, calls=stats.calls, cache_hits=stats.cache_hits,
         retries=stats.retries, failed_judgements=stats.failures,
-        jsonl_path=str(jsonl_path), parquet_path=str(parquet_path),
+        jsonl_path=str(jsonl_path), parquet_path=str(parquet_path), rubric=rubric_used.name,
     )
     logger.info("%s", summary.format())
     if progress:
@@ -291,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="steering", choices=list(MODES))
     parser.add_argument("--method", action="append", default=None,
                         help="method(s) to judge (repeatable)")
+    parser.add_argument("--rubric", default=None, choices=list(RUBRICS),
+                        help="judge templates (default: the config's hypersteer.judge.rubric, "
+                             "auto): AxBench's own, used automatically when AxBench is "
+                             "importable (the only scores comparable with the paper's), or the "
+                             "package's")
     add_progress_flags(parser)
     args = parser.parse_args(argv)
     judge_config, split, methods = JudgeConfig(), None, args.method
@@ -301,5 +313,5 @@ def main(argv: list[str] | None = None) -> int:
     if methods:  # aliases such as hypersteer_xattn name the column HyperSteerXAttn_*
         methods = [canonical_method(m) if is_hypersteer_method(m) else m for m in methods]
     run_evaluate(args.dump_dir, judge_config, args.mode, methods, split=split,
-                 progress=args.progress)
+                 progress=args.progress, rubric=args.rubric)
     return 0

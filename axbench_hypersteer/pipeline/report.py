@@ -16,7 +16,7 @@ import json
 import re
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,32 @@ def load_records(path: str | Path) -> Records:
     if not records:
         raise ReportError(f"{path}: no records (the file is empty)")
     return records
+
+
+def rubrics_used(dump_dir: str | Path) -> list[str]:
+    """The judge rubrics named by the evaluate records of a dump (``unrecorded`` for records
+    written before evaluate recorded it), in first-seen order."""
+    names: dict[str, None] = {}
+    for name in (SELECTION_FILE, TEST_FILE):
+        path = Path(dump_dir) / "evaluate" / name
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                _, row = parse_record(line)
+            except ValueError:  # blank or torn lines: load_records reports what matters
+                continue
+            names[str((row.get("rubric") or {}).get("name", "unrecorded"))] = None
+    return list(names)
+
+
+def rubric_note(rubrics: Sequence[str]) -> str:
+    """One line for the report: only AxBench's own rubric is comparable with its tables."""
+    if rubrics and all(r == "axbench" for r in rubrics):
+        return "Judge rubric: AxBench's own templates (comparable with AxBench's published tables)."
+    return (f"Judge rubric: {', '.join(rubrics) or 'unrecorded'}. Only AxBench's own rubric "
+            "(`hypersteer evaluate --rubric axbench`, automatic when AxBench is installed) gives "
+            "scores comparable with AxBench's and the paper's tables.")
 
 
 def _as_records(records: Records | str | Path, source: str | None, default: str) -> tuple[Records, str]:
@@ -391,7 +417,8 @@ def write_report(dump_dirs: Mapping[str, str | Path], out_dir: str | Path) -> Pa
     md = ["# Steering results", "",
           f"Factor chosen per concept on `{SELECTION_FILE}` (argmax of mean LM-judge score, first on ties); "
           f"scores read from `{TEST_FILE}` at that factor. Mean ± sample std over concepts; scale 0-2.",
-          "", table]
+          "", table, "",
+          rubric_note(list(dict.fromkeys(r for p in dump_dirs.values() for r in rubrics_used(p))))]
     md += render_failures({label: count_failed_judgements(p) for label, p in dump_dirs.items()})
     for label, path in dump_dirs.items():
         suffix = "" if len(dump_dirs) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")

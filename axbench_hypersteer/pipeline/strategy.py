@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..core.config import ConfigError, TrainConfig
 from ..core.fileio import load_tensors
+from ..core.hypernet import check_architecture
 from .checkpointing import (SHARDS, WEIGHTS, commit_checkpoint, latest_checkpoint,
                             load_trainer_state, save_checkpoint, stage_checkpoint)
 from .distributed import DistInfo
@@ -94,7 +95,9 @@ class ReplicatedStrategy:
         if path is None:
             return None
         _check_kind(path, WEIGHTS, self.name)
-        self.hypernet.load_state_dict(load_tensors(path / WEIGHTS))
+        weights = load_tensors(path / WEIGHTS)
+        check_architecture(weights, str(path))
+        self.hypernet.load_state_dict(weights)
         state = load_trainer_state(path)
         self.optimizer.load_state_dict(state.pop("optimizer"))
         return state, path

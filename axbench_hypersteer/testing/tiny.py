@@ -132,6 +132,21 @@ def build_tiny_gemma2(tokenizer, hidden_size: int = 64, num_layers: int = 4, num
     return model.eval()
 
 
+def redraw_matrices_(model, std: float, seed: int = 0):
+    """Redraw every >=2-D weight of ``model`` at ``std`` (in place; returns it).
+
+    Unlike a larger ``initializer_range`` this leaves the config at Gemma's 0.02, which the
+    hypernetwork's new layers (readout, cross-attention) are initialised with. At std 0.2 a random
+    tiny model's logits move visibly with one steering vector: the setup of the learning-speed
+    test and of benchmarks/fidelity_vs_official.py (issue 17)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, std)
+    return model
+
+
 def save_tiny(model, tokenizer, out_dir: str | Path) -> Path:
     """Write model and tokenizer where ``from_pretrained`` (and AxBench) can load them."""
     out_dir = Path(out_dir)
