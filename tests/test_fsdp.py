@@ -154,7 +154,7 @@ def test_killed_fsdp_run_resumes_to_the_uninterrupted_weights(fsdp_runs, tokeniz
     assert len(list((checkpoint / SHARDS).glob("*.distcp"))) == 2
     assert json.loads((out_dir / "train_summary.json").read_text())["steps"] == 6
     assert sorted(json.loads((out_dir / "hypersteer_config.json").read_text())) == [
-        "base_model", "hypersteer", "package_version"]
+        "base_model", "hypernet_architecture", "hypersteer", "package_version"]
     model, tok = load_base(str(fsdp_runs.base_dir))
     hs = HyperSteer.from_pretrained(out_dir, model, tok, backend="hook")
     assert torch.equal(hs.hypernet.state_dict()["readout.weight"], want["readout.weight"])
