@@ -11,9 +11,12 @@ figure is the process CPU time on one torch thread: on a machine shared by sever
 the work done. Runs are interleaved (A B C ... then ... C B A) ``--reps`` times; the table gives
 medians and median ratios of back-to-back runs to the official loop.
 
-Our sides: ``plain`` (the defaults, the paper's loop), ``bucketed`` (``length_bucket_group``),
-``cached`` (``prefix_cache: memory``), ``bucketed+cached``, and ``+compile`` (torch.compile of the
-hypernetwork, measured to decide whether to keep it).
+Our sides: ``plain`` (the defaults, the paper's loop), ``bucketed`` (``length_bucket_group: 16``),
+``cached`` (``prefix_cache: memory``), ``bucketed+cached``, and ``bucketed+cached+fused``
+(``fused_adamw``). ``--device cuda --size 2b`` runs our sides on a GPU at Gemma-2-2B's sizes
+(random weights, bf16 autocast, 22 hypernetwork blocks, layer 20; wall time and peak GPU memory are
+the figures there); the official side is CPU-only here (its pinned transformers 4.45 is not on the
+device image).
 
 The official side is the AxBench fork's ``HyperSteer.train`` at commit c01a22a, imported at run time
 from the checkout given by ``--official`` (nothing of it is copied here) and run unchanged under
@@ -51,8 +54,8 @@ SIDES = {
     "bucketed": {"length_bucket_group": 16},
     "cached": {"prefix_cache": "memory"},
     "bucketed+cached": {"length_bucket_group": 16, "prefix_cache": "memory"},
-    "bucketed+cached+compile": {"length_bucket_group": 16, "prefix_cache": "memory",
-                                "_compile": True},
+    "bucketed+cached+fused": {"length_bucket_group": 16, "prefix_cache": "memory",
+                              "fused_adamw": True},
 }
 
 
@@ -63,7 +66,7 @@ def training_rows(n: int) -> list[dict]:
 
 
 def base_model(tokenizer):
-    from axbench_hypersteer.tiny import build_tiny_gemma2
+    from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 
     return build_tiny_gemma2(tokenizer, hidden_size=SETUP["hidden"], num_layers=SETUP["layers"],
                              num_heads=SETUP["heads"], seed=0)
@@ -76,35 +79,50 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------------------------ our side
 
 
-def run_ours(side: str, rows: int, epochs: int) -> dict:
+def run_ours(side: str, args) -> dict:
     import pandas as pd
 
-    from axbench_hypersteer.config import HyperSteerConfig, TrainConfig
-    from axbench_hypersteer.hypersteer import HyperSteer
-    from axbench_hypersteer.tiny import build_tiny_tokenizer
-    from axbench_hypersteer.trainer import Trainer
+    from axbench_hypersteer.core.config import HyperSteerConfig, TrainConfig
+    from axbench_hypersteer.core.hypersteer import HyperSteer
+    from axbench_hypersteer.pipeline.trainer import Trainer
+    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
 
-    options = dict(SIDES[side])
-    compile_ = options.pop("_compile", False)
     tokenizer = build_tiny_tokenizer()
-    hs = HyperSteer.from_base(base_model(tokenizer), tokenizer, HyperSteerConfig(
-        variant="xattn", steering_layer=SETUP["steering_layer"], num_blocks=SETUP["num_blocks"],
-        cross_attention_heads=SETUP["heads"], seed=SETUP["seed"]), backend="pyvene")
-    if compile_:
-        hs.hypernet.compile(dynamic=True)
-    frame = pd.DataFrame(training_rows(rows))
+    backend = "pyvene" if _has_pyvene() else "hook"
+    if args.size == "2b":  # GPU: random Gemma-2-2B in bf16, the paper's hypernetwork shape
+        _, hs = C.build("2b", tokenizer, backend=backend, device=args.device,
+                        dtype=torch.bfloat16)
+    else:
+        hs = HyperSteer.from_base(base_model(tokenizer), tokenizer, HyperSteerConfig(
+            variant="xattn", steering_layer=SETUP["steering_layer"],
+            num_blocks=SETUP["num_blocks"], cross_attention_heads=SETUP["heads"],
+            seed=SETUP["seed"]), backend=backend)
+    frame = pd.DataFrame(training_rows(args.rows))
+    cuda = args.device == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(hs, frame, TrainConfig(
-            batch_size=SETUP["batch_size"], n_epochs=epochs, lr=8e-5, dev_examples=0,
+            batch_size=args.batch, n_epochs=args.epochs, lr=8e-5, dev_examples=0,
             eval_every=10**6, checkpoint_every=10**6, log_every=10**6, seed=SETUP["seed"],
-            **options), tmp, progress=False)
+            **SIDES[side]), tmp, progress=False, use_bf16=cuda)
         lengths = trainer.collate.lengths(trainer.train_set.rows)[1]
         pad = trainer.pad_fraction()
         start, cpu = time.perf_counter(), time.process_time()
         result = trainer.train()
+        if cuda:
+            torch.cuda.synchronize()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"seconds": seconds, "cpu_seconds": cpu, "steps": result.steps, "real_tokens": epochs * sum(lengths),
-            "pad_fraction": pad, "peak_rss_mb": peak_rss_mb(), "last_loss": result.last_loss}
+    return {"seconds": seconds, "cpu_seconds": cpu, "steps": result.steps,
+            "real_tokens": args.epochs * sum(lengths), "pad_fraction": pad,
+            "peak_rss_mb": peak_rss_mb(), "last_loss": result.last_loss,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0}
+
+
+def _has_pyvene() -> bool:
+    try:
+        import pyvene  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------- official side
@@ -146,14 +164,14 @@ def _import_official(root: Path):
     return HyperSteer, get_prefix_length
 
 
-def run_official(root: Path, rows: int, epochs: int) -> dict:
+def run_official(root: Path, args) -> dict:
     import pandas as pd
     import torch.distributed as dist
     import torch.utils.data as tud
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axbench_hypersteer.data import format_prompt
-    from axbench_hypersteer.tiny import build_tiny_tokenizer, save_tiny
+    from axbench_hypersteer.core.collate import format_prompt
+    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer, save_tiny
 
     official_cls, get_prefix_length = _import_official(root)
     tok = build_tiny_tokenizer()
@@ -165,10 +183,10 @@ def run_official(root: Path, rows: int, epochs: int) -> dict:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(20000 + os.getpid() % 20000))
         dist.init_process_group("gloo", rank=0, world_size=1)
-        args = types.SimpleNamespace(lr=8e-5, weight_decay=0.0, n_epochs=epochs, topk=None,
-                                     gradient_accumulation_steps=1,
-                                     batch_size=SETUP["batch_size"])
-        hs = official_cls(model, tok, layer=SETUP["steering_layer"], training_args=args,
+        training = types.SimpleNamespace(lr=8e-5, weight_decay=0.0, n_epochs=args.epochs,
+                                         topk=None, gradient_accumulation_steps=1,
+                                         batch_size=args.batch)
+        hs = official_cls(model, tok, layer=SETUP["steering_layer"], training_args=training,
                           device="cpu", seed=SETUP["seed"])
         hs.make_model(mode="train", low_rank_dimension=1, num_hidden_layers=SETUP["num_blocks"],
                       intervention_type="addition", hypernet_name_or_path=str(Path(tmp) / "base"),
@@ -176,7 +194,7 @@ def run_official(root: Path, rows: int, epochs: int) -> dict:
     hs.concept_embedding.float()  # make_model casts the hypernetwork to bf16; we compare in fp32
     frame = pd.DataFrame([{"input": format_prompt(tok, r["input"]), "output": r["output"],
                            "output_concept": r["concept"], "concept_id": r["concept_id"]}
-                          for r in training_rows(rows)])
+                          for r in training_rows(args.rows)])
     counts = {"real": 0, "total": 0, "steps": 0}
     plain_loader = tud.DataLoader
 
@@ -204,7 +222,8 @@ def run_official(root: Path, rows: int, epochs: int) -> dict:
 def one_run(side: str, args) -> dict:
     """One side in a fresh process; returns its measurements."""
     cmd = [sys.executable, __file__, "--_run", side, "--rows", str(args.rows),
-           "--epochs", str(args.epochs), "--threads", str(args.threads)]
+           "--epochs", str(args.epochs), "--threads", str(args.threads), "--batch",
+           str(args.batch), "--device", args.device, "--size", args.size]
     env = dict(os.environ)
     if side == "official":
         cmd += ["--official", str(args.official)]
@@ -228,21 +247,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: CPU time is then the work, whatever the load)")
+    p.add_argument("--batch", type=int, default=SETUP["batch_size"])
     p.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--size", default="tiny", choices=["tiny", "2b"],
+                   help="tiny: issue 16's model (CPU); 2b: Gemma-2-2B's sizes (GPU)")
     p.add_argument("--_run", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._run:
         C.quiet()
         torch.set_num_threads(args.threads)
         torch.manual_seed(SETUP["seed"])
-        run = (run_official(Path(args.official), args.rows, args.epochs)
-               if args._run == "official" else run_ours(args._run, args.rows, args.epochs))
+        run = (run_official(Path(args.official), args)
+               if args._run == "official" else run_ours(args._run, args))
         print(json.dumps(run))
         return 0
 
     sides = list(args.sides)
     args.official = official_checkout(args.official)
-    if args.official is None:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("throughput_vs_official: --device cuda but no CUDA device: skipped")
+        return 0
+    if args.device == "cuda":
+        args.official = None  # the official side runs on the CPU path only (see the docstring)
+        print("throughput_vs_official: GPU run: our sides only, wall time")
+    elif args.official is None:
         print("throughput_vs_official: no official HyperSteer checkout (--official or "
               "$HYPERSTEER_OFFICIAL, AxBench fork at c01a22a): timing our sides only")
     else:
@@ -258,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1e6 * r[key] / r["real_tokens"]
 
     ref = "official" if "official" in runs else "plain"
-    print(f"{args.rows} Concept10 rows x {args.epochs} epochs, batch {SETUP['batch_size']}, "
+    print(f"{args.size} model on {args.device}, {args.rows} training rows x {args.epochs} "
+          f"epochs, batch {args.batch}, "
           f"{args.threads} thread(s), {args.reps} interleaved runs per side, medians; "
           f"load averages (1/5/15 min) {' -> '.join(loads)}")
     print("CPU time of the training call (one thread: the work done, whatever the load), and "
@@ -272,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{side:24s} {statistics.median(r['cpu_seconds'] / r['steps'] for r in rs):10.3f} "
               f"{statistics.median(map(per_token_us, rs)):15.1f} {statistics.median(ratios):10.2f} "
               f"{statistics.median(wall):14.2f} {rs[0]['pad_fraction']:5.2f} "
-              f"{statistics.median(r['peak_rss_mb'] for r in rs):11.0f}")
+              f"{statistics.median(r['peak_rss_mb'] for r in rs):11.0f}"
+              + (f" peak GPU {max(r['peak_gpu_mb'] for r in rs):.0f} MB" if args.device == "cuda"
+                 else ""))
     return 0
 
 
