@@ -21,8 +21,8 @@ device image).
 The official side is the AxBench fork's ``HyperSteer.train`` at commit c01a22a, imported at run time
 from the checkout given by ``--official`` (nothing of it is copied here) and run unchanged under
 transformers 4.45 (``--official-pythonpath``, e.g. ``pip install --no-deps --target /tmp/tf445
-transformers==4.45.2 tokenizers==0.20.3``), fp32 like ours. Without the checkout the script says so in
-one line and times our sides only.
+transformers==4.45.2 tokenizers==0.20.3``), fp32 like ours. Without the checkout the script says
+so in one line and times our sides only.
 
     python benchmarks/throughput_vs_official.py --official /tmp/official \\
         --official-pythonpath /tmp/tf445 [--rows 200] [--epochs 3] [--reps 3] [--threads 1]
@@ -212,8 +212,27 @@ def run_official(root: Path, args) -> dict:
              world_size=1)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     dist.destroy_process_group()
-    return {"seconds": seconds, "cpu_seconds": cpu, "steps": counts["steps"], "real_tokens": counts["real"],
+    return {"seconds": seconds, "cpu_seconds": cpu, "steps": counts["steps"],
+            "real_tokens": counts["real"],
             "pad_fraction": 1 - counts["real"] / counts["total"], "peak_rss_mb": peak_rss_mb()}
+
+
+def pad_table() -> None:
+    """Pad fraction of one epoch of all Concept10 positives, plain and bucketed."""
+    from axbench_hypersteer.core.collate import SteeringCollator
+    from axbench_hypersteer.pipeline.batching import bucketed_batches, pad_fraction, plain_batches
+    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
+
+    rows = training_rows(10**9)
+    _, lengths = SteeringCollator(build_tiny_tokenizer(), 512).lengths(rows)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0)).tolist()
+    for batch in (4, 12):
+        line = [f"plain {pad_fraction(plain_batches(order, batch), lengths):.3f}"]
+        for group in (4, 16, 64):
+            batches = bucketed_batches(order, lengths, batch, group, seed=0, epoch=0)
+            line.append(f"group {group}: {pad_fraction(batches, lengths):.3f}")
+        print(f"pad fraction, batch {batch}: " + ", ".join(line)
+              + f" ({len(rows)} rows, {sum(lengths)} real tokens)")
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -240,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--official", default=os.environ.get("HYPERSTEER_OFFICIAL"),
                    help="AxBench checkout at c01a22a (or $HYPERSTEER_OFFICIAL)")
-    p.add_argument("--official-pythonpath", default=os.environ.get("HYPERSTEER_OFFICIAL_PYTHONPATH"),
+    p.add_argument("--official-pythonpath",
+                   default=os.environ.get("HYPERSTEER_OFFICIAL_PYTHONPATH"),
                    help="put first on the official run's path (transformers 4.45)")
     p.add_argument("--rows", type=int, default=200, help="Concept10 training rows")
     p.add_argument("--epochs", type=int, default=3)
@@ -252,8 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--size", default="tiny", choices=["tiny", "2b"],
                    help="tiny: issue 16's model (CPU); 2b: Gemma-2-2B's sizes (GPU)")
+    p.add_argument("--pad-only", action="store_true",
+                   help="print the pad fraction of Concept10 epochs, plain and bucketed, and stop")
     p.add_argument("--_run", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.pad_only:
+        pad_table()
+        return 0
     if args._run:
         C.quiet()
         torch.set_num_threads(args.threads)

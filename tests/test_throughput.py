@@ -34,7 +34,7 @@ def _train(tokenizer, frame, out, variant="xattn", context_layer=None, **cfg):
 
 
 def test_bucketed_batches_cover_the_epoch_once_and_depend_on_seed_and_epoch():
-    lengths = [int(x) for x in torch.randint(5, 300, (103,), generator=torch.Generator().manual_seed(0))]
+    lengths = torch.randint(5, 300, (103,), generator=torch.Generator().manual_seed(0)).tolist()
     order = torch.randperm(103, generator=torch.Generator().manual_seed(1)).tolist()
     batches = bucketed_batches(order, lengths, 4, 8, seed=0, epoch=0)
     assert sorted(i for b in batches for i in b) == list(range(103))
@@ -97,7 +97,7 @@ def test_prefix_cache_restores_the_base_model(tokenizer, concept10_dir, tmp_path
 
 def test_prefix_cache_refuses_what_does_not_fit(tokenizer, concept10_dir, tmp_path):
     frame = load_train_frame(concept10_dir, max_num_of_examples=1, seed=0)
-    with pytest.raises(ConfigError, match=r"prefix_cache: needs .* GB .* prefix_cache_max_gb=1e-06"):
+    with pytest.raises(ConfigError, match=r"needs .* GB .* prefix_cache_max_gb=1e-06"):
         _train(tokenizer, frame, tmp_path / "a", prefix_cache="memory", prefix_cache_max_gb=1e-6)
     targets = tmp_path / "targets.pt"
     torch.save(torch.zeros(int(frame["concept_id"].max()) + 1, 64), targets)

@@ -100,7 +100,8 @@ class FrozenPrefixCache:
         self.blocks = decoder_layers(base_model)
         width = base_model.config.hidden_size
         self.dtype = next(base_model.parameters()).dtype
-        rows = {k: (lengths if part == "all" else prompt_lengths) for k, part in self.layers.items()}
+        rows = {k: (lengths if part == "all" else prompt_lengths)
+                for k, part in self.layers.items()}
         self.nbytes = sum(sum(r) for r in rows.values()) * width * self.dtype.itemsize
         self._check_fits(mode, directory, max_gb)
         logger.info("prefix cache (%s): %.2f GB for %d examples, blocks %s", mode,
