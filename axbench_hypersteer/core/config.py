@@ -257,7 +257,7 @@ class TrainConfig(_YamlMixin):
     # those blocks from then on: "off", "memory" or "disk" (a memory-mapped file in the run dir).
     prefix_cache: str = "off"
     prefix_cache_max_gb: float | None = None  # refuse to start above this (default: what fits)
-    fused_adamw: bool = False  # torch's fused AdamW kernel (CUDA only)
+    fused_adamw: bool = False  # torch's fused AdamW kernel: no gain on CPU; for GPUs
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "n_epochs", "gradient_accumulation_steps", "max_length",
