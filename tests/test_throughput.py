@@ -16,16 +16,17 @@ from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 from trainer_helpers import INIT_RANGE, hypernet_state, train_cfg
 
 
-def _hs(tokenizer, variant: str, steering_layer: int = 2, context_layer: int | None = None):
+def _hs(tokenizer, variant: str, steering_layer: int = 2, context_layer: int | None = None,
+        backend: str = "hook"):
     base = build_tiny_gemma2(tokenizer, hidden_size=64, num_layers=4, seed=0,
                              initializer_range=INIT_RANGE)
     cfg = HyperSteerConfig(variant=variant, steering_layer=steering_layer, num_blocks=1,
                            cross_attention_heads=4, context_layer=context_layer, seed=42)
-    return HyperSteer.from_base(base, tokenizer, cfg, backend="hook")
+    return HyperSteer.from_base(base, tokenizer, cfg, backend=backend)
 
 
-def _train(tokenizer, frame, out, variant="xattn", context_layer=None, **cfg):
-    hs = _hs(tokenizer, variant, context_layer=context_layer)
+def _train(tokenizer, frame, out, variant="xattn", context_layer=None, backend="hook", **cfg):
+    hs = _hs(tokenizer, variant, context_layer=context_layer, backend=backend)
     trainer = Trainer(hs, frame, train_cfg(**cfg), out, progress=False)
     return trainer, trainer.train(), hypernet_state(hs)
 
@@ -70,12 +71,14 @@ def test_bucketing_lowers_the_pad_fraction_on_concept10(tokenizer, concept10_dir
 # ----------------------------------------------------------------------------- prefix cache
 
 
-@pytest.mark.parametrize("variant,context_layer", [("xattn", None), ("xattn", 1),
-                                                   ("nocontext", None)])
-def test_prefix_cache_trains_exactly_like_the_full_pass(variant, context_layer, tokenizer,
-                                                        concept10_dir, tmp_path):
+@pytest.mark.parametrize("variant,context_layer,backend", [
+    ("xattn", None, "pyvene"),  # pyvene steers the block output in place: recorded before that
+    ("xattn", 1, "hook"), ("nocontext", None, "hook")])
+def test_prefix_cache_trains_exactly_like_the_full_pass(variant, context_layer, backend,
+                                                        tokenizer, concept10_dir, tmp_path):
     frame = load_train_frame(concept10_dir, max_num_of_examples=1, seed=0)  # 3 batches/epoch
-    kw = dict(variant=variant, context_layer=context_layer, n_epochs=2, batch_size=4)
+    kw = dict(variant=variant, context_layer=context_layer, backend=backend, n_epochs=2,
+              batch_size=4)
     _, plain, w_plain = _train(tokenizer, frame, tmp_path / "plain", **kw)
     for mode in ("memory", "disk"):
         trainer, cached, w_cached = _train(tokenizer, frame, tmp_path / mode,

@@ -165,7 +165,11 @@ class FrozenPrefixCache:
 
             def record(*args, _k=k, _fwd=block.forward, **kwargs):
                 out = _fwd(*args, **kwargs)
-                seen.setdefault(_k, _hidden(out))  # pre-steering: hooks run after forward
+                hidden = _hidden(out)
+                self._out_dtype = hidden.dtype
+                # Copied now, before the block's forward hooks run: pyvene steers the output
+                # in place, and a reference would record the steered residual.
+                seen.setdefault(_k, hidden.detach().to("cpu", self.dtype, copy=True))
                 self._tuple_output = isinstance(out, tuple)
                 return out
 
@@ -177,9 +181,7 @@ class FrozenPrefixCache:
         if set(seen) != set(self.layers):
             return  # this forward did not reach every cached block: nothing complete to keep
         for k, hidden in seen.items():
-            self._out_dtype = hidden.dtype
             store = self.stores[k]
-            hidden = hidden.detach().to("cpu", self.dtype)
             for r, i in enumerate(ids):
                 store.put(i, hidden[r, : store.lengths[i]])
         self.cached[ids] = True
