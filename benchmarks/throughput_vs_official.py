@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     def per_token_us(r, key="cpu_seconds"):
         return 1e6 * r[key] / r["real_tokens"]
 
-    ref = "official" if "official" in runs else "plain"
+    ref = next(s for s in ("official", "plain", sides[0]) if s in runs)
     print(f"{args.size} model on {args.device}, {args.rows} training rows x {args.epochs} "
           f"epochs, batch {args.batch}, "
           f"{args.threads} thread(s), {args.reps} interleaved runs per side, medians; "
