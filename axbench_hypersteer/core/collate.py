@@ -79,15 +79,8 @@ class SteeringCollator:
             mask[i, width - len(seq):] = 1
         return ids, mask
 
-    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        """Returns ``input_ids, attention_mask, labels, context_mask`` [B,T] (right padded),
-        ``hyper_input_ids, hyper_attention_mask`` [B,S] (left padded) and ``concept_ids`` [B].
-
-        ``labels`` are -100 except on answer tokens; ``context_mask`` is True on prompt tokens
-        (BOS and chat template included), the base positions cross-attention may read.
-        """
-        if not rows:
-            raise DataError("cannot collate an empty batch")
+    def _tokenize(self, rows: Sequence[dict]) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """Prompt ids (with BOS), answer ids and the base sequence length of each row."""
         tok = self.tokenizer
         prompts = tok([format_prompt(tok, r["input"]) for r in rows],
                       add_special_tokens=True)["input_ids"]
@@ -100,6 +93,27 @@ class SteeringCollator:
                     f"tokens, >= max_length {self.max_length}: no answer token would be "
                     f"scored (input starts {row['input'][:60]!r})")
             lengths.append(min(len(prompt) + len(answer), self.max_length))
+        return prompts, answers, lengths
+
+    def lengths(self, rows: Sequence[dict]) -> tuple[list[int], list[int]]:
+        """Prompt tokens and base sequence length (prompt + answer, cut at max_length) of each
+        row: what the cross-attention reads, and the width the row pads a batch to."""
+        if not rows:
+            return [], []
+        prompts, _, lengths = self._tokenize(rows)
+        return [len(p) for p in prompts], lengths
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Returns ``input_ids, attention_mask, labels, context_mask`` [B,T] (right padded),
+        ``hyper_input_ids, hyper_attention_mask`` [B,S] (left padded) and ``concept_ids`` [B].
+
+        ``labels`` are -100 except on answer tokens; ``context_mask`` is True on prompt tokens
+        (BOS and chat template included), the base positions cross-attention may read.
+        """
+        if not rows:
+            raise DataError("cannot collate an empty batch")
+        tok = self.tokenizer
+        prompts, answers, lengths = self._tokenize(rows)
         batch, width = len(rows), max(lengths)
         input_ids = torch.full((batch, width), tok.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((batch, width), dtype=torch.long)

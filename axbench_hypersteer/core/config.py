@@ -35,6 +35,7 @@ OBJECTIVES = ("lm", "reconstruction", "both")
 # fsdp: FSDP2-sharded) and which optimizer updates it (adamw8bit: torchao's, the ``scale`` extra).
 STRATEGIES = ("ddp", "fsdp")
 OPTIMIZERS = ("adamw", "adamw8bit")
+PREFIX_CACHES = ("off", "memory", "disk")
 
 # The separator between steering prompt and base prompt for the in-context variant. It is plain
 # text (no new special tokens) so a pretrained-initialised hypernetwork can read it.
@@ -249,6 +250,14 @@ class TrainConfig(_YamlMixin):
     # the sharded parameters in host memory (FSDP2's CPUOffloadPolicy; needs an accelerator).
     shard_base: bool = False
     cpu_offload: bool = False
+    # Throughput options (docs/benchmarks.md); the defaults train exactly as the paper's loop.
+    # Sort by length within shuffled groups of this many batches (0: off, random batches).
+    length_bucket_group: int = 0
+    # Keep the frozen base blocks' output per training example after its first pass and skip
+    # those blocks from then on: "off", "memory" or "disk" (a memory-mapped file in the run dir).
+    prefix_cache: str = "off"
+    prefix_cache_max_gb: float | None = None  # refuse to start above this (default: what fits)
+    fused_adamw: bool = False  # torch's fused AdamW kernel: no gain on CPU; for GPUs
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "n_epochs", "gradient_accumulation_steps", "max_length",
@@ -273,6 +282,14 @@ class TrainConfig(_YamlMixin):
             raise ConfigError(
                 f"reconstruction_targets: required when objective is {self.objective!r}"
             )
+        if self.length_bucket_group < 0:
+            raise ConfigError(f"length_bucket_group: must be >= 0, got {self.length_bucket_group}")
+        if self.prefix_cache not in PREFIX_CACHES:
+            raise ConfigError(f"prefix_cache: {self.prefix_cache!r} is not one of "
+                              f"{list(PREFIX_CACHES)}")
+        if self.prefix_cache_max_gb is not None and not self.prefix_cache_max_gb > 0:
+            raise ConfigError(f"prefix_cache_max_gb: must be > 0 or null, "
+                              f"got {self.prefix_cache_max_gb}")
         for key in ("max_concepts", "max_num_of_examples", "max_steps"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -21,10 +21,11 @@ AO_MIN_QUANT_SIZE = 4096
 
 
 def build_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+                    weight_decay: float, fused: bool = False) -> torch.optim.Optimizer:
+    """``fused``: torch's fused AdamW kernel (``TrainConfig.fused_adamw``; adamw only)."""
     params = list(params)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if name == "adamw8bit":
         try:
             from torchao.optim import AdamW8bit

@@ -67,7 +67,7 @@ class ReplicatedStrategy:
                 self.net = DistributedDataParallel(model, device_ids=ids)
         self.params = [p for p in self.hypernet.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.cfg.optimizer, self.params, self.cfg.lr,
-                                         self.cfg.weight_decay)
+                                         self.cfg.weight_decay, fused=self.cfg.fused_adamw)
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -147,7 +147,7 @@ class FSDPStrategy(ReplicatedStrategy):
         self.net, self.vectors_net = model, model.compute_vectors
         self.params = [p for p in self.hypernet.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.cfg.optimizer, self.params, self.cfg.lr,
-                                         self.cfg.weight_decay)
+                                         self.cfg.weight_decay, fused=self.cfg.fused_adamw)
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:

@@ -28,6 +28,8 @@ from ..core.collate import SteeringCollator
 from ..core.config import TrainConfig
 from ..core.fileio import load_tensors
 from ..core.hypersteer import HyperSteer
+from ..core.prefix_cache import FrozenPrefixCache, cached_blocks
+from .batching import bucketed_batches, pad_fraction, plain_batches
 from .checkpointing import list_checkpoints
 from .data import TrainDataset
 from .distributed import DistInfo, all_reduce_mean
@@ -130,6 +132,32 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _LinearSchedule(warmup, self.total_updates))
         self.step, self.epoch, self.next_batch = 0, 0, 0
+        self.lengths: list[int] | None = None  # base tokens per training example, when needed
+        self.prefix_cache: FrozenPrefixCache | None = None
+        if cfg.length_bucket_group or cfg.prefix_cache != "off":
+            prompt_lengths, self.lengths = self.collate.lengths(self.train_set.rows)
+        if cfg.prefix_cache != "off":
+            hs_cfg = model.config
+            blocks = cached_blocks(hs_cfg.variant, hs_cfg.steering_layer,
+                                   hs_cfg.resolved_context_layer, cfg.objective)
+            self.prefix_cache = FrozenPrefixCache(
+                model.base_model, blocks, self.lengths, prompt_lengths, cfg.prefix_cache,
+                self.out_dir, cfg.prefix_cache_max_gb)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches (training example indices) of one epoch: a function of
+        (seed, epoch), so a resumed run replays the order."""
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)
+        if not self.cfg.length_bucket_group:
+            return plain_batches(order, self.cfg.batch_size)
+        return bucketed_batches(order, self.lengths, self.cfg.batch_size,
+                                self.cfg.length_bucket_group, self.cfg.seed, epoch)
+
+    def pad_fraction(self, epoch: int = 0) -> float:
+        """Share of padding in the base model's batches of one epoch (docs/benchmarks.md)."""
+        lengths = self.lengths or self.collate.lengths(self.train_set.rows)[1]
+        return pad_fraction(self.epoch_batches(epoch), lengths)
 
     def _check_lengths(self, frame, what: str = "training") -> None:
         """Fail before the first step, not at step 10 000, when a prompt leaves no answer token."""
@@ -252,9 +280,7 @@ class Trainer:
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         seen, start_time = 0, time.perf_counter()
         while self.epoch < cfg.n_epochs and self.step < self.total_updates:
-            self.sampler.set_epoch(self.epoch)
-            order = list(self.sampler)
-            batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            batches = self.epoch_batches(self.epoch)
             b = self.next_batch
             while b < len(batches) and self.step < self.total_updates:
                 group = batches[b:b + accum]
@@ -264,8 +290,11 @@ class Trainer:
                     batch = self._to_device(self.collate([self.train_set[j] for j in idx]))
                     sync = i == len(group) - 1 or not self.dist.enabled
                     ctx = self.strategy.no_sync() if not sync else contextlib.nullcontext()
+                    cache = (self.prefix_cache.serving(idx, batch) if self.prefix_cache
+                             else contextlib.nullcontext())
                     with ctx:
-                        loss, parts = self._loss(batch)
+                        with cache:
+                            loss, parts = self._loss(batch)
                         (loss / len(group)).backward()
                     loss_sum += loss.item() / len(group)
                     for k, v in parts.items():
