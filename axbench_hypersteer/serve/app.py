@@ -175,7 +175,7 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
                                    f"{limits.max_steering_chars} characters", "steering.prompt")
             steering = Steering(prompts, req.steering.factor)
         sampling = Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                            seed=req.seed, stop=req.stops())
+                            seed=req.seed, stop=req.stops(), ignore_eos=req.ignore_eos)
         loop = asyncio.get_running_loop()
         channel: asyncio.Queue = asyncio.Queue()
         ended = False

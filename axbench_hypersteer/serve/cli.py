@@ -42,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 def build_server(hypernet: str | Path, model: str | None = None, device: str | None = None,
                  served_model_name: str | None = None, api_key: str | None = None,
                  max_batch: int = 32, max_queue: int = 256, max_tokens: int = 1024,
-                 max_prompt_tokens: int = 2048, gather_s: float = 0.02):
+                 max_prompt_tokens: int = 2048):
     """(FastAPI app, scheduler) for a trained hypernetwork; the caller runs and closes them."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     hs = load_hypersteer(hypernet, model, device=device)
     scheduler = Scheduler(Engine(hs, max_prompt_tokens=max_prompt_tokens), max_batch=max_batch,
-                          max_queue=max_queue, gather_s=gather_s)
+                          max_queue=max_queue)
     limits = Limits(max_tokens=max_tokens, default_max_tokens=min(128, max_tokens))
     app = create_app(scheduler, served_model_name or Path(hypernet).resolve().name,
                      api_key=api_key, limits=limits, examples=trained_concepts(hypernet))

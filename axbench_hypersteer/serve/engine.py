@@ -44,6 +44,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False   # always max_tokens tokens (load tests; vLLM's extension)
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,7 @@ class Cohort:
     def _push(self, row: Row, token: int) -> str | None:
         """Append a token, send the text that is now certain; the finish reason, or None."""
         sampling = row.job.sampling
-        if token in self.engine.eos_ids:
+        if token in self.engine.eos_ids and not sampling.ignore_eos:
             self._emit(row, self.engine.decode(row.generated))
             return "stop"
         row.generated.append(token)

@@ -1,11 +1,12 @@
 """When requests join the batch: one worker thread, a bounded queue, cohorts decoded together.
 
 Policy (why): on CPU and GPU alike a decode step costs about the same for 1 row as for 32, so
-throughput comes from rows sharing steps. Requests that arrive within ``gather_s`` of each other
-are prefilled as one cohort. While cohorts decode, newcomers wait at most ``gather_s`` (or until
-enough of them fill the free rows) and then start as a new cohort in the same loop, so nobody
-waits for a running batch's slowest row; at most ``max_cohorts`` cohorts step side by side
-(each costs one forward per step). Finished and cancelled rows leave at once (``engine.Cohort``).
+throughput comes from rows sharing steps. Waiting requests start together once no new one has
+arrived for ``gather_s`` (so a burst of clients becomes one cohort), after
+``max_wait_s`` at the latest, or at once when they fill the free rows. While cohorts decode,
+newcomers start the same way as a new cohort in the same loop, so nobody waits for a running
+batch's slowest row; at most ``max_cohorts`` cohorts step side by side (each costs one forward
+per step). Finished and cancelled rows leave at once (``engine.Cohort``).
 A full queue is refused (HTTP 429) rather than letting latency grow without bound.
 """
 
@@ -27,11 +28,12 @@ class QueueFull(RuntimeError):
 
 class Scheduler:
     def __init__(self, engine: Engine, max_batch: int = 32, max_queue: int = 256,
-                 gather_s: float = 0.02, max_cohorts: int = 4):
+                 gather_s: float = 0.01, max_wait_s: float = 0.1, max_cohorts: int = 4):
         self.engine = engine
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.gather_s = gather_s
+        self.max_wait_s = max_wait_s
         self.max_cohorts = max_cohorts
         self._pending: deque[tuple[float, Job]] = deque()
         self._cohorts: list[Cohort] = []
@@ -68,8 +70,10 @@ class Scheduler:
         if not self._pending or len(self._cohorts) >= self.max_cohorts:
             return []
         free = self.max_batch - sum(len(c.rows) for c in self._cohorts)
-        waited = time.monotonic() - self._pending[0][0]
-        if free <= 0 or (waited < self.gather_s and len(self._pending) < free):
+        now = time.monotonic()
+        quiet = now - self._pending[-1][0] >= self.gather_s
+        overdue = now - self._pending[0][0] >= self.max_wait_s
+        if free <= 0 or not (quiet or overdue or len(self._pending) >= free):
             return []
         take = min(free, len(self._pending))
         return [self._pending.popleft()[1] for _ in range(take)]

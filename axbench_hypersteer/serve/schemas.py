@@ -70,6 +70,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens tokens (load tests)
     steering: SteeringRequest | None = None
 
     @field_validator("stop")
