@@ -13,10 +13,10 @@ import torch
 
 from ..core.config import ConfigError
 from ..core.errors import DataError
-from ..pipeline.data import load_metadata
 from ..core.fileio import read_json
 from ..core.hypersteer import CONFIG_NAME, HyperSteer
 from ..core.loading import load_base
+from ..pipeline.data import load_metadata
 
 
 def trained_base_name(hypernet_dir: Path) -> str:
