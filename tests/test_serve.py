@@ -283,3 +283,29 @@ def test_nocontext_vectors_are_cached_by_steering_text(tmp_path, tokenizer):
     assert calls == [["x", "y"]]
     torch.testing.assert_close(first[0].vector, again[0].vector)
     torch.testing.assert_close(first[0].vector, original(["x"])[0])
+
+
+def test_a_row_merged_into_a_new_cohort_continues_exactly(reference):
+    """A young cohort's rows re-prefilled (prompt + tokens so far) together with newcomers, as
+    the scheduler merges them, give what each row gives on its own (greedy)."""
+    from axbench_hypersteer.serve.engine import Cohort, Delta, Engine, Job, Sampling, Steering
+
+    engine = Engine(reference)
+    texts: dict[int, list[str]] = {0: [], 1: []}
+
+    def job(i, content, factor):
+        sink = lambda e: texts[i].append(e.text) if isinstance(e, Delta) else None  # noqa: E731
+        return Job([{"role": "user", "content": content}], Steering((STEER,), factor),
+                   Sampling(20), sink)
+
+    first = Cohort(engine, engine.prepare([job(0, BASE, FACTOR)]))
+    first.prefill()
+    for _ in range(3):
+        first.step()
+    merged = Cohort(engine, first.rows + engine.prepare([job(1, "Write a poem.", -FACTOR)]))
+    merged.prefill()
+    while merged.rows:
+        merged.step()
+    alone = reference.generate([BASE, "Write a poem."], [STEER, STEER], [FACTOR, -FACTOR],
+                               max_new_tokens=20)
+    assert ["".join(texts[0]), "".join(texts[1])] == alone

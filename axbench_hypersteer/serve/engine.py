@@ -231,14 +231,19 @@ class Engine:
 
 
 class Cohort:
-    """Rows prefilled together and decoded in lockstep; a finished or cancelled row leaves."""
+    """Rows prefilled together and decoded in lockstep; a finished or cancelled row leaves.
+
+    A row may join with tokens already generated (merged from a young cohort, see the
+    scheduler): its prefill covers prompt + those tokens, and the prefill's last logits give its
+    next token, exactly as the decode step it replaces would."""
 
     def __init__(self, engine: Engine, rows: list[Row]):
         self.engine = engine
         self.rows = rows
         device = engine.hs.device
-        ids, self.mask = left_pad([r.prompt_ids for r in rows], engine.tokenizer.pad_token_id,
-                                  device)
+        # Rows carried over from a young cohort re-read what they generated so far.
+        ids, self.mask = left_pad([r.prompt_ids + r.generated for r in rows],
+                                  engine.tokenizer.pad_token_id, device)
         self.vectors = torch.stack([r.vector for r in rows])                     # [B, d]
         self.factors = torch.tensor([r.job.steering.factor for r in rows],
                                     dtype=torch.float32, device=device)          # [B]

@@ -6,7 +6,9 @@ arrived for ``gather_s`` (so a burst of clients becomes one cohort), after
 ``max_wait_s`` at the latest, or at once when they fill the free rows. While cohorts decode,
 newcomers start the same way as a new cohort in the same loop, so nobody waits for a running
 batch's slowest row; at most ``max_cohorts`` cohorts step side by side (each costs one forward
-per step). Finished and cancelled rows leave at once (``engine.Cohort``).
+per step). A cohort still young (at most ``merge_tokens`` generated) is merged into the new one
+instead: its rows are prefilled again over prompt + tokens so far, which costs one short prefill
+and saves a forward on every later step (a burst that trickles in under load stays one batch). Finished and cancelled rows leave at once (``engine.Cohort``).
 A full queue is refused (HTTP 429) rather than letting latency grow without bound.
 """
 
@@ -28,13 +30,15 @@ class QueueFull(RuntimeError):
 
 class Scheduler:
     def __init__(self, engine: Engine, max_batch: int = 32, max_queue: int = 256,
-                 gather_s: float = 0.01, max_wait_s: float = 0.1, max_cohorts: int = 4):
+                 gather_s: float = 0.01, max_wait_s: float = 0.1, max_cohorts: int = 4,
+                 merge_tokens: int = 16):
         self.engine = engine
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.gather_s = gather_s
         self.max_wait_s = max_wait_s
         self.max_cohorts = max_cohorts
+        self.merge_tokens = merge_tokens
         self._pending: deque[tuple[float, Job]] = deque()
         self._cohorts: list[Cohort] = []
         self._cv = threading.Condition()
@@ -102,6 +106,12 @@ class Scheduler:
         """Vectors and prefill of a new cohort; it then steps with the others."""
         rows: list = []
         self._guarded(jobs, lambda: rows.extend(self.engine.prepare(jobs)))
+        if not rows:
+            return
+        for young in [c for c in self._cohorts if c.rows and max(
+                len(r.generated) for r in c.rows) <= self.merge_tokens]:
+            rows = young.rows + rows
+            young.rows = []  # dropped from the list after this loop turn
         if rows:
             cohort = Cohort(self.engine, rows)
             with self._cv:
