@@ -223,7 +223,8 @@ def test_disconnect_mid_stream_frees_the_row(server):
             "steering": {"prompt": STEER, "factor": FACTOR}}
     with httpx.Client(timeout=30) as http:
         with http.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
-            for line in r.iter_lines():  # the first text arrives after the row joined
+            lines = r.iter_lines()  # kept: a dropped iterator closes the response
+            for line in lines:      # the first text arrives after the row joined
                 if line.startswith("data: ") and '"content": "' in line and \
                         '"content": ""' not in line:
                     break
@@ -237,7 +238,7 @@ def test_disconnect_mid_stream_frees_the_row(server):
 def test_full_queue_answers_429_and_api_key_is_checked(hypernet):
     openai = pytest.importorskip("openai")
     app, scheduler = build_server(hypernet, device="cpu", max_batch=1, max_queue=1,
-                                  api_key="sesame", max_tokens=256)
+                                  api_key="sesame", max_tokens=1500)
     running = RunningServer(app, scheduler)
     try:
         url, auth = running.url, {"Authorization": "Bearer sesame"}
@@ -245,18 +246,20 @@ def test_full_queue_answers_429_and_api_key_is_checked(hypernet):
         assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer x"}).status_code \
             == 401
         assert httpx.get(url + "/health").status_code == 200
-        body = {"model": MODEL_ID, "max_tokens": 256, "temperature": 0, "stream": True,
-                "messages": [{"role": "user", "content": BASE}],
+        body = {"model": MODEL_ID, "max_tokens": 1500, "temperature": 0, "stream": True,
+                "ignore_eos": True, "messages": [{"role": "user", "content": BASE}],
                 "steering": {"prompt": STEER, "factor": FACTOR}}
         with httpx.Client(timeout=30, headers=auth) as http:
             with http.stream("POST", url + "/v1/chat/completions", json=body) as first:
-                next(first.iter_lines())                       # running: the only row
-                waiting = ThreadPoolExecutor(1).submit(
-                    http.post, url + "/v1/chat/completions", json={**body, "stream": False,
-                                                                   "max_tokens": 3})
-                deadline = time.monotonic() + 10
+                lines = first.iter_lines()  # kept: a dropped iterator closes the response
+                next(lines)                                    # running: the only row
+                waiting = ThreadPoolExecutor(1).submit(  # its own client: one per thread
+                    httpx.post, url + "/v1/chat/completions", headers=auth, timeout=300,
+                    json={**body, "stream": False, "max_tokens": 3})
+                deadline = time.monotonic() + 60
                 while scheduler.stats()["queued"] < 1 and time.monotonic() < deadline:
                     time.sleep(0.01)
+                assert scheduler.stats() == {"queued": 1, "active_rows": 1, "cohorts": 1}
                 refused = http.post(url + "/v1/chat/completions", json={**body, "stream": False})
                 assert refused.status_code == 429
                 assert refused.json()["error"]["code"] == "queue_full"

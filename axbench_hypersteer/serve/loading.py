@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.config import ConfigError
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError, MissingFileError
 from ..core.fileio import read_json
 from ..core.hypersteer import CONFIG_NAME, HyperSteer
 from ..core.loading import load_base
@@ -38,7 +37,7 @@ def load_hypersteer(hypernet_dir: str | Path, model: str | None = None,
     calls the steered forward once per decoded token, where pyvene's per-call setup costs."""
     hypernet_dir = Path(hypernet_dir)
     if not (hypernet_dir / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{hypernet_dir}: no trained hypernetwork here (expected "
+        raise MissingFileError(f"{hypernet_dir}: no trained hypernetwork here (expected "
                                 f"{CONFIG_NAME}; train one with `hypersteer train` or "
                                 "`hypersteer demo`)")
     base, tokenizer = load_base(model or trained_base_name(hypernet_dir), dtype=dtype,

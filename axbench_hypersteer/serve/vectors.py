@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..core.config import ConfigError
+from ..core.errors import ConfigError
 from ..core.fileio import atomic_write, save_tensors
 from ..core.hypersteer import HyperSteer
 from .loading import load_hypersteer, trained_base_name
