@@ -22,13 +22,14 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..core.errors import HyperSteerError
 from ..core.hypersteer import HyperSteer
 from ..core.steering import SteeringSource
 
 logger = logging.getLogger(__name__)
 
 
-class RequestError(ValueError):
+class RequestError(HyperSteerError, ValueError):
     """A request the server refuses; ``status`` is the HTTP status it answers with."""
 
     def __init__(self, status: int, message: str, param: str | None = None):

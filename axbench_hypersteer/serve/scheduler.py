@@ -19,13 +19,14 @@ import threading
 import time
 from collections import deque
 
+from ..core.errors import HyperSteerError
 from .engine import Cohort, Engine, Failed, Job
 
 logger = logging.getLogger(__name__)
 
 
-class QueueFull(RuntimeError):
-    pass
+class QueueFull(HyperSteerError, RuntimeError):
+    """Every waiting slot is taken: the client should retry later (HTTP 429)."""
 
 
 class Scheduler:
