@@ -19,7 +19,7 @@ NPROC   ?= 1
 TORCHRUN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC)
 LAUNCH  := -m axbench_hypersteer.axbench
 
-.PHONY: venv demo test data test-transformers5 heldin heldout ablations bench clean-venv
+.PHONY: venv demo test data test-transformers5 heldin heldout ablations bench clean-venv browser serve bench-serve
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/hypersteer demo --dump_dir dumps/demo
 
-test: venv
+test: venv $(if $(filter true 1 yes,$(CI)),browser)
 	$(PY) -m pytest -q tests
 
 # AxBench's Concept10 (and the Concept500 concept list) for the tests that read real AxBench data,
@@ -40,6 +40,28 @@ test: venv
 # Without it those tests are skipped with a line saying so (and fail under CI=true, as in .ci/run).
 data:
 	$(PYTHON) tests/axbench_data.py
+
+# Headless Chromium for the playground's browser test (Debian packages; needs root, as in CI).
+# Outside CI a machine without them skips that test with the reason; in CI (CI=true) it fails.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "make browser: chromium/chromedriver missing and not root: the browser test will be skipped"; fi
+
+# The server on the demo's trained tiny model (runs `hypersteer demo` first if there is none).
+DEMO_DUMP ?= dumps/demo
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEMO_HYPERNET = $$(dirname $$(ls $(DEMO_DUMP)/train/*/hypersteer_config.json | head -1))
+serve: venv
+	@ls $(DEMO_DUMP)/train/*/hypersteer_config.json >/dev/null 2>&1 || $(VENV)/bin/hypersteer demo --dump_dir $(DEMO_DUMP)
+	$(VENV)/bin/hypersteer serve --hypernet "$(DEMO_HYPERNET)" --host $(HOST) --port $(PORT)
+
+# S1/S2/S3 load test against a server it starts on 127.0.0.1 (the demo's model; see docs/benchmarks.md).
+bench-serve: venv
+	@ls $(DEMO_DUMP)/train/*/hypersteer_config.json >/dev/null 2>&1 || $(VENV)/bin/hypersteer demo --dump_dir $(DEMO_DUMP)
+	$(PY) benchmarks/s_serve_load.py --hypernet "$(DEMO_HYPERNET)"
 
 # The same suite on transformers 5.x (4.57 stays the tested default): a second venv with every
 # other pin kept. Not part of CI; run it before changing anything near hooks or checkpointing.

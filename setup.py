@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "gguf>=0.10"]  # hypersteer serve / vectors
+
 setup(
     name="axbench-hypersteer",
     version="0.1.0",
@@ -10,7 +12,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["axbench_hypersteer", "axbench_hypersteer.*"]),
-    package_data={"axbench_hypersteer": ["resources/*.json", "resources/*.yaml", "resources/*.txt"]},
+    package_data={"axbench_hypersteer": ["resources/*.json", "resources/*.yaml", "resources/*.txt",
+                                          "serve/static/*.html"]},
     install_requires=[
         # Ranges here, exact pins in constraints.txt (what CI tests). torch is never left free:
         # an unconstrained resolve pulls multi-GB CUDA wheels.
@@ -28,7 +31,10 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # The tests exercise the server and its playground in a real browser (selenium drives
+        # Debian's chromium; `make browser` installs it), so `.[test]` includes `.[serve]`.
+        "serve": SERVE,
+        "test": ["pytest>=8", "selenium>=4.20", *SERVE],
         # Scale-out training: torchao's 8-bit AdamW (`optimizer: adamw8bit`), the one that works
         # on FSDP2's sharded parameters. The test suite exercises it, so `make test` installs it.
         "scale": ["torchao>=0.18,<0.19"],

@@ -8,6 +8,8 @@
     hypersteer steering-loss  judge-free: steered loss on reference answers per factor
     hypersteer report     best factor on `steering`, score on `steering_test`, tables and plots
     hypersteer plan       per-GPU memory of ddp/fsdp x adamw/adamw8bit for a config
+    hypersteer serve      OpenAI-compatible server, steered by a sentence per request
+    hypersteer vectors    export steering vectors (safetensors, or a llama.cpp control vector)
     hypersteer --version
 
 Errors a user can fix (bad config, bad data, missing checkpoint, judge unreachable: every
@@ -34,6 +36,8 @@ COMMANDS = {
     "steering-loss": "axbench_hypersteer.pipeline.steering_loss",
     "report": "axbench_hypersteer.pipeline.report",
     "plan": "axbench_hypersteer.pipeline.planner",
+    "serve": "axbench_hypersteer.serve.cli",
+    "vectors": "axbench_hypersteer.serve.vectors",
 }
 
 

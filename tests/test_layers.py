@@ -3,6 +3,7 @@ layers below it.
 
     cli.py, */__main__.py        top: entry points; parse arguments, catch user errors
     axbench/  experiments/       AxBench adapter; paper experiments
+    serve/                       the OpenAI-compatible server, vector export
     pipeline/                    data, splits, stages, trainer, report, demo
     judge/                       the LLM judge client
     core/     testing/           the model; tiny test models (testing imports nothing of the package)
@@ -32,6 +33,7 @@ ALLOWED = {
     "pipeline": {"core", "judge", "testing"},
     "axbench": {"core", "pipeline"},
     "experiments": {"core", "judge", "pipeline", "testing"},
+    "serve": {"core", "pipeline"},
 }
 # Third-party packages of the layers above core that core must not pull in.
 NOT_IN_CORE = ("pandas", "pyarrow", "matplotlib", "openai")

@@ -1,0 +1,233 @@
+"""The HTTP face of the server: OpenAI's chat-completions API, plus steering, plus the playground.
+
+Every refusal is OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``) with
+the status a client can act on: 400 unreadable JSON, 422 invalid fields, 401 bad key, 404
+unknown model or route, 413 too long, 429 queue full, 500 a failed batch. The body is parsed by
+hand rather than by a FastAPI parameter so that each of those is under this module's control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .engine import Delta, Failed, Finished, Job, RequestError, Sampling, Steering
+from .scheduler import QueueFull, Scheduler
+from .schemas import ChatRequest
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               413: "invalid_request_error", 422: "invalid_request_error",
+               429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_tokens: int = 1024           # per request, completion
+    default_max_tokens: int = 128
+    max_body_bytes: int = 1 << 20
+    max_prompt_chars: int = 32_000   # all messages; tokens are checked again by the engine
+    max_steering_chars: int = 2_000  # per steering prompt
+
+
+def error_response(status: int, message: str, param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {
+        "message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
+        "param": param, "code": code}})
+
+
+def validation_message(err: ValidationError) -> tuple[str, str]:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "body"
+    msg = first["msg"] if first["type"] != "extra_forbidden" else "unknown field"
+    return f"{loc}: {msg}", loc
+
+
+def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
+               limits: Limits = Limits(), examples: list[str] | None = None) -> FastAPI:
+    hs = scheduler.engine.hs
+    app = FastAPI(title="HyperSteer server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler = scheduler
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error_response(401, "missing or wrong API key (Authorization: Bearer ...)",
+                                      code="invalid_api_key")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limits.max_body_bytes:
+            return error_response(413, f"request body over {limits.max_body_bytes} bytes")
+        return await call_next(request)
+
+    def steering_echo(steering: Steering, norm: float) -> dict:
+        return {"prompt": list(steering.prompts), "factor": steering.factor if steering.prompts
+                else 0.0, "vector_norm": norm, "variant": hs.config.variant,
+                "layer": hs.config.steering_layer}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, **scheduler.stats()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{
+            "id": model_id, "object": "model", "created": 0, "owned_by": "axbench-hypersteer",
+            "steering": {"variant": hs.config.variant, "layer": hs.config.steering_layer,
+                         "prompt_independent_vectors": scheduler.engine.prompt_independent}}]}
+
+    @app.get("/v1/steering/examples")
+    async def steering_examples():
+        return {"examples": list(examples or [])}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        page = resources.files("axbench_hypersteer.serve").joinpath("static/playground.html")
+        return HTMLResponse(page.read_text(encoding="utf-8").replace("{{MODEL_ID}}", model_id))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        raw = await request.body()
+        if len(raw) > limits.max_body_bytes:
+            return error_response(413, f"request body over {limits.max_body_bytes} bytes")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error_response(400, "the request body is not valid JSON")
+        if not isinstance(body, dict):
+            return error_response(400, "the request body must be a JSON object")
+        try:
+            req = ChatRequest.model_validate(body)
+        except ValidationError as err:
+            message, param = validation_message(err)
+            return error_response(422, message, param)
+        try:
+            job, channel = make_job(req)
+        except RequestError as err:
+            return error_response(err.status, str(err), err.param,
+                                  "model_not_found" if err.status == 404 else None)
+        try:
+            scheduler.submit(job)
+        except QueueFull as err:
+            return error_response(429, str(err), code="queue_full")
+        first = await channel.get()
+        if isinstance(first, Failed):
+            return error_response(first.status, first.message)
+        echo = steering_echo(job.steering, first.vector_norm)
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
+                "model": model_id}
+        if req.stream:
+            usage = req.stream_options is not None and req.stream_options.include_usage
+            return StreamingResponse(sse(job, channel, meta, echo, first.prompt_tokens, usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        parts: list[str] = []
+        while True:
+            event = await channel.get()
+            if isinstance(event, Delta):
+                parts.append(event.text)
+            elif isinstance(event, Failed):
+                return error_response(event.status, event.message)
+            elif isinstance(event, Finished):
+                break
+        return {**meta, "object": "chat.completion", "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+            "finish_reason": event.reason}],
+            "usage": usage_of(first.prompt_tokens, event.completion_tokens),
+            "steering": echo}
+
+    def make_job(req: ChatRequest) -> tuple[Job, asyncio.Queue]:
+        if req.model != model_id:
+            raise RequestError(404, f"model {req.model!r} is not served here (this server "
+                               f"serves {model_id!r})", "model")
+        max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
+        if max_tokens > limits.max_tokens:
+            raise RequestError(422, f"max_tokens: at most {limits.max_tokens} on this server",
+                               "max_tokens")
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        if sum(len(m["content"]) for m in messages) > limits.max_prompt_chars:
+            raise RequestError(413, f"messages: over {limits.max_prompt_chars} characters",
+                               "messages")
+        steering = Steering()
+        if req.steering is not None:
+            prompts = req.steering.prompts()
+            if any(len(p) > limits.max_steering_chars for p in prompts):
+                raise RequestError(413, "steering.prompt: over "
+                                   f"{limits.max_steering_chars} characters", "steering.prompt")
+            steering = Steering(prompts, req.steering.factor)
+        sampling = Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                            seed=req.seed, stop=req.stops(), ignore_eos=req.ignore_eos)
+        loop = asyncio.get_running_loop()
+        channel: asyncio.Queue = asyncio.Queue()
+        ended = False
+
+        def sink(event) -> None:  # worker thread -> this request's event loop
+            nonlocal ended
+            if ended:
+                return
+            ended = isinstance(event, (Finished, Failed))
+            loop.call_soon_threadsafe(channel.put_nowait, event)
+
+        return Job(messages, steering, sampling, sink), channel
+
+    return app
+
+
+def usage_of(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+async def sse(job: Job, channel: asyncio.Queue, meta: dict, echo: dict, prompt_tokens: int,
+              include_usage: bool):
+    """Server-sent events in OpenAI's chunk format. If the client goes away, the job is
+    cancelled and its row leaves the batch at the next decode step."""
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        body = {**meta, "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    finished = False
+    try:
+        yield chunk({"role": "assistant", "content": ""}, steering=echo)
+        while True:
+            event = await channel.get()
+            if isinstance(event, Delta):
+                yield chunk({"content": event.text})
+            elif isinstance(event, Finished):
+                finished = True
+                yield chunk({}, event.reason, steering=echo)
+                if include_usage:
+                    body = {**meta, "object": "chat.completion.chunk", "choices": [],
+                            "usage": usage_of(prompt_tokens, event.completion_tokens)}
+                    yield f"data: {json.dumps(body)}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            elif isinstance(event, Failed):
+                finished = True
+                err = {"message": event.message, "type": ERROR_TYPES.get(event.status),
+                       "param": None, "code": None}
+                yield f"data: {json.dumps({'error': err})}\n\n"
+                return
+    finally:
+        if not finished:
+            job.cancelled = True

@@ -1,0 +1,315 @@
+"""`hypersteer serve`: the API through the real `openai` client, streaming, batching, bad input.
+
+The server runs on 127.0.0.1 with a tiny random base and an untrained cross-attention
+hypernetwork; the reference is ``HyperSteer.generate`` on a second copy of the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e .[serve])")
+
+from axbench_hypersteer.serve.cli import build_server  # noqa: E402
+from axbench_hypersteer.serve.loading import load_hypersteer  # noqa: E402
+from serve_helpers import CONCEPTS, RunningServer, write_hypernet  # noqa: E402
+
+MODEL_ID = "HyperSteerTest"
+BASE = "Tell me about the history of the Roman empire."
+STEER = CONCEPTS[0]
+FACTOR = 8.0  # an untrained hypernetwork's vector is small: a large factor makes it visible
+
+
+@pytest.fixture(scope="module")
+def hypernet(tmp_path_factory, tokenizer):
+    return write_hypernet(tmp_path_factory.mktemp("serve"), tokenizer, "xattn")
+
+
+@pytest.fixture(scope="module")
+def server(hypernet):
+    app, scheduler = build_server(hypernet, device="cpu", max_tokens=2000, max_prompt_tokens=200)
+    running = RunningServer(app, scheduler)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(hypernet):
+    """A second copy of the served weights, for ``HyperSteer.generate``."""
+    return load_hypersteer(hypernet, device="cpu")
+
+
+@pytest.fixture()
+def client(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def chat(client, content=BASE, steering=None, **kw):
+    kw.setdefault("max_tokens", 24)
+    kw.setdefault("temperature", 0.0)
+    extra = {"steering": steering} if steering is not None else None
+    return client.chat.completions.create(model=MODEL_ID, extra_body=extra,
+                                          messages=[{"role": "user", "content": content}], **kw)
+
+
+def test_models_health_and_greedy_answers_equal_generate(client, server, reference):
+    assert [m.id for m in client.models.list().data] == [MODEL_ID]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+    plain = chat(client)
+    steered = chat(client, steering={"prompt": STEER, "factor": FACTOR})
+    zero = chat(client, steering={"prompt": STEER, "factor": 0.0})
+
+    expected_plain, expected_steered = reference.generate(
+        [BASE, BASE], [STEER, STEER], [0.0, FACTOR], max_new_tokens=24)
+    assert plain.choices[0].message.content == expected_plain
+    assert steered.choices[0].message.content == expected_steered
+    assert zero.choices[0].message.content == expected_plain
+    assert expected_steered != expected_plain
+    assert plain.usage.completion_tokens == 24 and plain.choices[0].finish_reason == "length"
+
+    echo = steered.model_extra["steering"]
+    assert echo["prompt"] == [STEER] and echo["factor"] == FACTOR
+    norm = reference.steering_vectors([STEER], base_prompts=[BASE])[0].norm().item()
+    assert echo["vector_norm"] == pytest.approx(norm, rel=1e-4)
+    assert plain.model_extra["steering"] == {"prompt": [], "factor": 0.0, "vector_norm": 0.0,
+                                             "variant": "xattn", "layer": 2}
+
+
+def test_several_steering_prompts_add_their_vectors(client, reference):
+    prompts = [CONCEPTS[0], CONCEPTS[1]]
+    both = chat(client, steering={"prompt": prompts, "factor": 1.0})
+    vectors = reference.steering_vectors(prompts, base_prompts=[BASE, BASE])
+    assert both.model_extra["steering"]["vector_norm"] == pytest.approx(
+        vectors.sum(0).norm().item(), rel=1e-4)
+
+
+def test_streaming_equals_non_streaming(client):
+    steering = {"prompt": STEER, "factor": FACTOR}
+    whole = chat(client, steering=steering, max_tokens=30).choices[0].message.content
+    chunks = list(chat(client, steering=steering, max_tokens=30, stream=True,
+                       stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert chunks[0].model_extra["steering"]["prompt"] == [STEER]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    assert chunks[-1].usage.completion_tokens == 30
+
+
+def test_stop_string_cuts_the_answer(client):
+    full = chat(client, steering={"prompt": STEER, "factor": FACTOR}, max_tokens=30)
+    text = full.choices[0].message.content
+    stop = text[10:13]
+    cut = chat(client, steering={"prompt": STEER, "factor": FACTOR}, max_tokens=30, stop=[stop])
+    assert cut.choices[0].message.content == text[:text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_concurrent_requests_batch_and_equal_each_alone(client, server):
+    """Rows of different steering, factors, lengths and sampling settings share decode steps;
+    each greedy row (and each seeded sampled row) equals the same request served alone."""
+    requests = [
+        dict(content=BASE, steering={"prompt": CONCEPTS[0], "factor": FACTOR}, max_tokens=30),
+        dict(content="Write a poem.", steering={"prompt": CONCEPTS[1], "factor": -6.0},
+             max_tokens=8),
+        dict(content="Explain recursion to a child.", max_tokens=20),
+        dict(content=BASE, steering={"prompt": CONCEPTS[2], "factor": 3.0}, max_tokens=16,
+             temperature=0.9, top_p=0.8, seed=7),
+        dict(content="Say hello.", steering={"prompt": [CONCEPTS[0], CONCEPTS[2]],
+                                              "factor": 2.0}, max_tokens=25),
+        dict(content="List three colours and why.", steering={"prompt": CONCEPTS[1],
+                                                              "factor": FACTOR}, max_tokens=12),
+    ]
+    peak = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak.append(server.scheduler.stats()["active_rows"])
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(len(requests)) as pool:
+            together = list(pool.map(lambda r: chat(client, **r), requests))
+    finally:
+        stop.set()
+        watcher.join()
+    assert max(peak) >= 3, "concurrent requests were not decoded as rows of one batch"
+    for r, batched in zip(requests, together):
+        alone = chat(client, **r)
+        assert batched.choices[0].message.content == alone.choices[0].message.content, r
+        assert batched.usage.completion_tokens == alone.usage.completion_tokens <= r["max_tokens"]
+
+
+def test_sampling_follows_the_seed(client):
+    kw = dict(steering={"prompt": STEER, "factor": 2.0}, max_tokens=20, temperature=1.0)
+    first = [chat(client, seed=s, **kw).choices[0].message.content for s in (1, 1, 2)]
+    assert first[0] == first[1] != first[2]
+
+
+BAD_REQUESTS = [  # (body or raw bytes, expected status)
+    (b"{not json", 400),
+    (b"[1, 2]", 400),
+    (b"\xff\xfe", 400),
+    ({"messages": [{"role": "user", "content": "hi"}]}, 422),                  # no model
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404),
+    ({"model": MODEL_ID, "messages": []}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "robot", "content": "hi"}]}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user"}]}, 422),
+    ({"model": MODEL_ID, "messages": "hi"}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9999}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "steer": "x"}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "stop": list("abcde")},
+     422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+      "steering": {"prompt": "x", "factor": "strong"}}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+      "steering": {"prompt": "  "}}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+      "steering": {"prompt": ["x"] * 9}}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+      "steering": {"prompt": "x", "factor": 1e9}}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+      "steering": {"prompt": "x", "path": "/etc/passwd"}}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+      "steering": {"prompt": "x" * 3000}}, 413),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "word " * 7000}]}, 413),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "word " * 400}]}, 413),  # tokens
+    (b"{" + b" " * (1 << 20) + b"}", 413),
+    ({"model": MODEL_ID, "messages": [{"role": "assistant", "content": "hi"},
+                                      {"role": "assistant", "content": "again"}],
+      "max_tokens": 2}, 200),  # the tiny template accepts any order: not an error here
+]
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client):
+    bad = 0
+    for body, status in BAD_REQUESTS:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = httpx.post(server.url + "/v1/chat/completions", content=raw,
+                       headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == status, (body if isinstance(body, dict) else body[:40], r.text)
+        if status != 200:
+            bad += 1
+            error = r.json()["error"]
+            assert error["message"] and "\n" not in error["message"] and error["type"]
+    for method, path, status in [("GET", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405),
+                                 ("DELETE", "/v1/models", 405)]:
+        r = httpx.request(method, server.url + path)
+        assert r.status_code == status and r.json()["error"]["message"]
+        bad += 1
+    assert bad >= 20
+    assert chat(client).choices[0].finish_reason == "length"
+
+
+def test_disconnect_mid_stream_frees_the_row(server):
+    body = {"model": MODEL_ID, "stream": True, "max_tokens": 2000, "temperature": 0,
+            "ignore_eos": True,  # still running when we hang up, however fast the machine
+            "messages": [{"role": "user", "content": BASE}],
+            "steering": {"prompt": STEER, "factor": FACTOR}}
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()  # kept: a dropped iterator closes the response
+            for line in lines:      # the first text arrives after the row joined
+                if line.startswith("data: ") and '"content": "' in line and \
+                        '"content": ""' not in line:
+                    break
+            assert server.scheduler.stats()["active_rows"] == 1
+    deadline = time.monotonic() + 10
+    while server.scheduler.stats()["active_rows"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.scheduler.stats() == {"queued": 0, "active_rows": 0, "cohorts": 0}
+
+
+def test_full_queue_answers_429_and_api_key_is_checked(hypernet):
+    openai = pytest.importorskip("openai")
+    app, scheduler = build_server(hypernet, device="cpu", max_batch=1, max_queue=1,
+                                  api_key="sesame", max_tokens=1500)
+    running = RunningServer(app, scheduler)
+    try:
+        url, auth = running.url, {"Authorization": "Bearer sesame"}
+        assert httpx.get(url + "/v1/models").status_code == 401
+        assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer x"}).status_code \
+            == 401
+        assert httpx.get(url + "/health").status_code == 200
+        body = {"model": MODEL_ID, "max_tokens": 1500, "temperature": 0, "stream": True,
+                "ignore_eos": True, "messages": [{"role": "user", "content": BASE}],
+                "steering": {"prompt": STEER, "factor": FACTOR}}
+        with httpx.Client(timeout=30, headers=auth) as http:
+            with http.stream("POST", url + "/v1/chat/completions", json=body) as first:
+                lines = first.iter_lines()  # kept: a dropped iterator closes the response
+                next(lines)                                    # running: the only row
+                waiting = ThreadPoolExecutor(1).submit(  # its own client: one per thread
+                    httpx.post, url + "/v1/chat/completions", headers=auth, timeout=300,
+                    json={**body, "stream": False, "max_tokens": 3})
+                deadline = time.monotonic() + 60
+                while scheduler.stats()["queued"] < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert scheduler.stats() == {"queued": 1, "active_rows": 1, "cohorts": 1}
+                refused = http.post(url + "/v1/chat/completions", json={**body, "stream": False})
+                assert refused.status_code == 429
+                assert refused.json()["error"]["code"] == "queue_full"
+            assert waiting.result(timeout=30).status_code == 200  # served once the first left
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0)
+        assert chat(client, max_tokens=2).usage.completion_tokens == 2
+    finally:
+        running.stop()
+
+
+def test_nocontext_vectors_are_cached_by_steering_text(tmp_path, tokenizer):
+    from axbench_hypersteer.serve.engine import Engine, Job, Sampling, Steering
+
+    hs = load_hypersteer(write_hypernet(tmp_path, tokenizer, "nocontext"), device="cpu")
+    engine = Engine(hs)
+    calls = []
+    original = hs.steering_vectors
+    hs.steering_vectors = lambda prompts, *a, **k: calls.append(list(prompts)) or original(prompts)
+    events: list = []
+    jobs = [Job([{"role": "user", "content": b}], Steering((s,), 1.0), Sampling(2), events.append)
+            for b, s in [("a", "x"), ("b", "y"), ("c", "x")]]
+    first = engine.prepare(jobs)
+    again = engine.prepare(jobs[:1])
+    assert calls == [["x", "y"]]
+    torch.testing.assert_close(first[0].vector, again[0].vector)
+    torch.testing.assert_close(first[0].vector, original(["x"])[0])
+
+
+def test_a_row_merged_into_a_new_cohort_continues_exactly(reference):
+    """A young cohort's rows re-prefilled (prompt + tokens so far) together with newcomers, as
+    the scheduler merges them, give what each row gives on its own (greedy)."""
+    from axbench_hypersteer.serve.engine import Cohort, Delta, Engine, Job, Sampling, Steering
+
+    engine = Engine(reference)
+    texts: dict[int, list[str]] = {0: [], 1: []}
+
+    def job(i, content, factor):
+        sink = lambda e: texts[i].append(e.text) if isinstance(e, Delta) else None  # noqa: E731
+        return Job([{"role": "user", "content": content}], Steering((STEER,), factor),
+                   Sampling(20), sink)
+
+    first = Cohort(engine, engine.prepare([job(0, BASE, FACTOR)]))
+    first.prefill()
+    for _ in range(3):
+        first.step()
+    merged = Cohort(engine, first.rows + engine.prepare([job(1, "Write a poem.", -FACTOR)]))
+    merged.prefill()
+    while merged.rows:
+        merged.step()
+    alone = reference.generate([BASE, "Write a poem."], [STEER, STEER], [FACTOR, -FACTOR],
+                               max_new_tokens=20)
+    assert ["".join(texts[0]), "".join(texts[1])] == alone
