@@ -20,32 +20,11 @@ from .demo_concepts import (ANSWERS, CONCEPT_SENTENCES, CONCEPTS, HELD_OUT_CONCE
 from ..core.fileio import atomic_write, atomic_write_text
 
 HELD_OUT_METADATA = "heldout_metadata.jsonl"
-
-
-def word_pair_concepts(seed: int = 0) -> dict[str, list[str]]:
-    """Narrow training concepts that name their own words ("mentions of whale and coral"), two
-    from each training concept's vocabulary. With 32 broad concepts alone the hypernetwork learns
-    a lookup table of 32 vectors; these add a few hundred distinct words whose description says
-    exactly what to steer toward, so what it learns is a map from the meaning of a description
-    to a vector, and that map is what carries over to concepts it never saw."""
-    rng = random.Random(seed)
-    pairs: dict[str, list[str]] = {}
-    for concept in TRAINING_CONCEPTS:
-        words = list(CONCEPTS[concept])
-        rng.shuffle(words)
-        for a, b in zip(words[::2], words[1::2]):
-            pairs[f"mentions of {a} and {b}"] = [a, b]
-    return pairs
-
-
-WORD_PAIR_CONCEPTS = word_pair_concepts()
-VOCABULARY = {**CONCEPTS, **WORD_PAIR_CONCEPTS}
-CONCEPT_IDS = {concept: cid for cid, concept in enumerate(VOCABULARY)}
+CONCEPT_IDS = {concept: cid for cid, concept in enumerate(CONCEPTS)}
 
 
 def concept_sentence(concept: str, rng: random.Random) -> str:
-    words = VOCABULARY[concept]
-    a, b, c = rng.sample(words, 3) if len(words) >= 3 else rng.choices(words, k=3)
+    a, b, c = rng.sample(CONCEPTS[concept], 3)
     return rng.choice(CONCEPT_SENTENCES).format(a=a, b=b, c=c)
 
 
@@ -60,16 +39,12 @@ def metadata(concepts: list[str]) -> list[dict]:
              "concept_genres_map": {c: ["text"]}} for c in concepts]
 
 
-def build_frames(seed: int = 0, per_concept: int = 16,
-                 per_word_pair: int = 4) -> tuple[pd.DataFrame, list[dict]]:
-    """Training positives of every training concept, broad and word-pair (plus AxBench's
-    negatives), and their metadata."""
+def build_frames(seed: int = 0, per_concept: int = 24) -> tuple[pd.DataFrame, list[dict]]:
+    """Training positives of every training concept (plus AxBench's negatives) and their metadata."""
     rng = random.Random(seed)
     rows = []
-    counts = {**dict.fromkeys(TRAINING_CONCEPTS, per_concept),
-              **dict.fromkeys(WORD_PAIR_CONCEPTS, per_word_pair)}
-    for concept, n in counts.items():
-        for i in range(n):
+    for concept in TRAINING_CONCEPTS:
+        for i in range(per_concept):
             instruction = TRAINING_INSTRUCTIONS[i % len(TRAINING_INSTRUCTIONS)]
             rows.append({"input": instruction, "output": mixed_answer(instruction, concept, rng), "output_concept": concept,
                          "concept_genre": "text", "category": "positive",
@@ -78,7 +53,7 @@ def build_frames(seed: int = 0, per_concept: int = 16,
         rows.append({"input": instruction, "output": ANSWERS[instruction][0],
                      "output_concept": "EEEEE", "concept_genre": "text", "category": "negative",
                      "dataset_category": "instruction", "concept_id": -1})
-    return pd.DataFrame(rows), metadata(list(counts))
+    return pd.DataFrame(rows), metadata(TRAINING_CONCEPTS)
 
 
 def write_demo_dataset(out_dir: str | Path, seed: int = 0) -> Path:
