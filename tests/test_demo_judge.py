@@ -25,7 +25,7 @@ ON_CONCEPT = {
     "references to gardening and plants": "I watered the roses and pulled weeds from the beds.",
     "mentions of trains and railway travel": "The night express left the depot for the coast.",
     "references to football and sports matches": "The striker scored in the last minute of the game.",
-    "mentions of computers and software": "I wrote a Python script on my laptop and fixed a bug.",
+    "mentions of computers and software": "My laptop froze until I reinstalled the operating system.",
     "references to weather and storms": "Heavy rain and strong gusts battered the town all night.",
     "mentions of medicine and hospitals": "The surgeon checked the X-ray before the operation.",
     "references to money and banking": "I saved part of my salary and paid off my debt.",
@@ -73,11 +73,13 @@ def test_every_concept_has_a_hand_written_example():
 
 @pytest.mark.parametrize("concept", list(CONCEPTS))
 def test_on_concept_text_outranks_off_concept_text(scorer, concept):
-    on = scorer.concept_score(concept, ON_CONCEPT[concept])
+    # Raw cosines: the 0-2 calibration clips both ends, where a ranking would be invisible.
+    cosine = scorer.embedder.cosine
+    on = cosine(concept, ON_CONCEPT[concept])
     others = [t for c, t in ON_CONCEPT.items() if c != concept]
-    assert on > scorer.concept_score(concept, OFF_TOPIC)
+    assert on > cosine(concept, OFF_TOPIC)
     # ... and above the median of the other concepts' texts (rank by meaning, not by chance).
-    assert on > sorted(scorer.concept_score(concept, t) for t in others)[len(others) // 2]
+    assert on > sorted(cosine(concept, t) for t in others)[len(others) // 2]
 
 
 def test_calibration_on_the_0_to_2_scale(scorer):
