@@ -20,7 +20,8 @@ from .demo_concepts import (ANSWERS, CONCEPT_SENTENCES, CONCEPTS, HELD_OUT_CONCE
 from ..core.fileio import atomic_write, atomic_write_text
 
 HELD_OUT_METADATA = "heldout_metadata.jsonl"
-CONCEPT_IDS = {concept: cid for cid, concept in enumerate(CONCEPTS)}
+# Training concepts first, so their ids run 0..31 as in a training file of their own.
+CONCEPT_IDS = {c: cid for cid, c in enumerate(TRAINING_CONCEPTS + HELD_OUT_CONCEPTS)}
 
 
 def concept_sentence(concept: str, rng: random.Random) -> str:
