@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 METHOD = "HyperSteerXAttn"
-N_CONCEPTS = 4  # concepts steered by the inference tests (of the demo's 6)
+N_CONCEPTS = 4  # concepts steered by the inference tests (of the demo's 32 training concepts)
 
 
 @dataclass(frozen=True)

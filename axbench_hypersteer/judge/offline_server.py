@@ -2,8 +2,9 @@
 
 It speaks ``POST /v1/chat/completions`` with the same JSON shape as the real API, so the demo runs
 the exact client, retry, cache and evaluate code a real judge would use; only the scores differ
-(they come from :mod:`offline_rules`, and every answer says so). It binds to 127.0.0.1 on a free
-port and never reads or logs request headers (so never the API key).
+(they come from a scorer: :mod:`offline_rules` by default, or the sentence-embedding
+:class:`~.embedding_rules.EmbeddingScorer`; every answer says which). It binds to 127.0.0.1 on a
+free port and never reads or logs request headers (so never the API key).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from axbench_hypersteer.judge import offline_rules
 from axbench_hypersteer.judge.prompts import detect_criterion, extract_fields
@@ -20,13 +22,29 @@ from axbench_hypersteer.judge.prompts import detect_criterion, extract_fields
 OFFLINE_NOTICE = "Offline rule-based stand-in judge (not an LLM)."
 
 
-def answer_prompt(prompt: str) -> str:
+class Scorer(Protocol):
+    notice: str
+
+    def score(self, criterion: str, fields: dict[str, str]) -> tuple[float, str]: ...
+
+
+class RuleScorer:
+    """The word-overlap rules of :mod:`offline_rules` (no model, no extra install)."""
+
+    notice = OFFLINE_NOTICE
+
+    def score(self, criterion: str, fields: dict[str, str]) -> tuple[float, str]:
+        return offline_rules.score(criterion, fields)
+
+
+def answer_prompt(prompt: str, scorer: Scorer | None = None) -> str:
     """The judge's reply text for one filled rubric prompt."""
+    scorer = scorer or RuleScorer()
     criterion = detect_criterion(prompt)
     if criterion is None:
-        return f"{OFFLINE_NOTICE} No '### Criterion:' marker line found in the prompt."
-    value, reason = offline_rules.score(criterion, extract_fields(prompt))
-    return f"{OFFLINE_NOTICE} Criterion {criterion}: {reason}.\nRating: [[{value}]]"
+        return f"{scorer.notice} No '### Criterion:' marker line found in the prompt."
+    value, reason = scorer.score(criterion, extract_fields(prompt))
+    return f"{scorer.notice} Criterion {criterion}: {reason}.\nRating: [[{value}]]"
 
 
 def _completion(content: str, model: str, prompt: str) -> dict:
@@ -83,7 +101,7 @@ class _OfflineJudgeHandler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError, AttributeError):
             self._error(400, "request body must be JSON with a 'messages' list")
             return
-        content = answer_prompt(prompt)
+        content = answer_prompt(prompt, self.server.scorer)
         self._reply(200, _completion(content, str(body.get("model", "offline-judge")), prompt))
 
     def do_GET(self) -> None:  # noqa: N802
@@ -101,8 +119,9 @@ class OfflineJudgeServer(ThreadingHTTPServer):
     request_queue_size = 256
     daemon_threads = True
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, scorer: Scorer | None = None) -> None:
         super().__init__(("127.0.0.1", port), _OfflineJudgeHandler)
+        self.scorer = scorer or RuleScorer()
         self._thread: threading.Thread | None = None
 
     @property
@@ -124,9 +143,10 @@ class OfflineJudgeServer(ThreadingHTTPServer):
         self.server_close()
 
 
-def start_offline_judge(port: int = 0) -> tuple[OfflineJudgeServer, str]:
+def start_offline_judge(port: int = 0,
+                        scorer: Scorer | None = None) -> tuple[OfflineJudgeServer, str]:
     """Start the stand-in judge in a background thread; returns (server, base_url)."""
-    server = OfflineJudgeServer(port)
+    server = OfflineJudgeServer(port, scorer)
     return server, server.start()
 
 

@@ -1,60 +1,70 @@
 """``hypersteer demo``: the whole main job, end to end, on CPU in a few minutes.
 
-Builds a tiny random Gemma-2 with a tokenizer trained on the spot, writes the built-in concept
-dataset in AxBench's format, trains a HyperSteer variant, runs the factor sweep on both prompt
-splits, judges every generation and prints the report table.
+Trains a tiny Gemma-2 base LM on the built-in instruction -> answer corpus (cached in the dump),
+writes the built-in concept dataset in AxBench's format, trains HyperSteerXAttn on the training
+concepts, sweeps the steering factor for held-in AND held-out concepts (the latter never seen by
+the hypernetwork) on prompts it never trained on, judges every generation and writes the report:
+held-in and held-out rows at the selected factor, the unsteered factor-0 rows, and the
+score-vs-factor curves.
 
-Without ``OPENAI_API_KEY`` the judge is an offline, rule-based STAND-IN served on 127.0.0.1 (it
-counts concept words, instruction overlap and repetition; it is not an LLM), so the numbers show
-that the pipeline works, not how good HyperSteer is. With ``OPENAI_API_KEY`` set (and optionally
-``OPENAI_BASE_URL``) the real judge is used.
+Without ``OPENAI_API_KEY`` the judge is an offline STAND-IN served on 127.0.0.1 over the same
+OpenAI-compatible HTTP interface: concept and instruction relevance from all-MiniLM-L6-v2
+sentence-embedding similarity, fluency from repetition (it is not an LLM). With
+``OPENAI_API_KEY`` set (and optionally ``OPENAI_BASE_URL``) the real judge is used.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..core.fileio import atomic_write_text
-from ..testing.tiny import build_tiny_gemma2, build_tiny_tokenizer, save_tiny
-from .demo_data import CONCEPTS, INSTRUCTIONS, TEMPLATES, write_demo_dataset
+from .demo_concepts import HELD_OUT_CONCEPTS, TRAINING_CONCEPTS
+from .demo_data import CONCEPT_IDS, metadata, write_demo_dataset
+from .demo_lm import ensure_demo_lm
+
+METHOD = "HyperSteerXAttn"
+EVAL_METADATA = "eval_metadata.jsonl"
+# Every 4th training concept is evaluated as "held-in": as many as held-out ones, half the cost
+# of evaluating all of them.
+HELD_IN_EVAL = TRAINING_CONCEPTS[::4]
 
 DEMO_CONFIG = {
     "train": {
-        "model_name": None,  # filled with the saved tiny model's directory
+        "model_name": None,  # filled with the trained base LM's directory
         "layer": 2, "component": "res", "seed": 42, "use_bf16": False,
-        "models": {"HyperSteerXAttn": {
-            "batch_size": 8, "n_epochs": 20, "lr": 5e-3, "warmup_ratio": 0.05,
+        "models": {METHOD: {
+            "batch_size": 16, "n_epochs": 4, "lr": 5e-3, "warmup_ratio": 0.05,
             "num_blocks": 2, "cross_attention_heads": 4, "max_length": 128,
-            "dev_examples": 8, "eval_every": 20, "checkpoint_every": 20,
+            "dev_examples": 16, "eval_every": 50, "checkpoint_every": 50,
         }},
     },
     "inference": {
-        "models": ["HyperSteerXAttn"],
-        "steering_factors": [0.0, 0.5, 1.0, 2.0, 4.0],
-        "steering_num_of_examples": 6,
-        "steering_output_length": 24, "temperature": 0.0,
+        "models": [METHOD],
+        "steering_factors": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0],
+        "steering_num_of_examples": 8,
+        "steering_output_length": 32, "temperature": 0.0,
     },
-    "evaluate": {"models": ["HyperSteerXAttn"], "lm_model": "gpt-4o-mini",
-                 "winrate_split_ratio": 0.5},
-    "hypersteer": {"judge": {"concurrency": 32, "max_retries": 2, "timeout": 30.0}},
+    "evaluate": {"models": [METHOD], "lm_model": "gpt-4o-mini", "winrate_split_ratio": 0.5},
+    "hypersteer": {"judge": {"concurrency": 16, "max_retries": 2, "timeout": 60.0}},
 }
 
 
-def prepare(dump_dir: Path) -> Path:
-    """Tiny base model, demo data and the run config in ``dump_dir``; returns the config path."""
+def prepare(dump_dir: Path, progress: bool = True) -> Path:
+    """Base LM (trained unless one is already there), demo data and the run config in
+    ``dump_dir``; returns the config path."""
     base_dir = dump_dir / "base_model"
     if not (base_dir / "config.json").exists():
-        # Train the tokenizer on the demo vocabulary too, so concept words are whole tokens.
-        extra = [t.format(a=w, b=w, c=w, d=w) for _, ws in CONCEPTS.values() for w in ws
-                 for t in TEMPLATES] + INSTRUCTIONS
-        tokenizer = build_tiny_tokenizer(extra_texts=extra * 20)
-        save_tiny(build_tiny_gemma2(tokenizer, hidden_size=64, num_layers=4), tokenizer, base_dir)
-    write_demo_dataset(dump_dir)
+        ensure_demo_lm(base_dir, progress=progress)
+    gen = write_demo_dataset(dump_dir)
+    concepts = metadata(HELD_IN_EVAL + HELD_OUT_CONCEPTS)
+    atomic_write_text(gen / EVAL_METADATA, "".join(json.dumps(m) + "\n" for m in concepts))
     config = yaml.safe_load(yaml.safe_dump(DEMO_CONFIG))
     config["train"]["model_name"] = str(base_dir.resolve())
     path = dump_dir / "demo_config.yaml"
@@ -62,74 +72,87 @@ def prepare(dump_dir: Path) -> Path:
     return path
 
 
-def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path:
+def concept_sets() -> dict[str, set[int]]:
+    return {"held-in": {CONCEPT_IDS[c] for c in HELD_IN_EVAL},
+            "held-out": {CONCEPT_IDS[c] for c in HELD_OUT_CONCEPTS}}
+
+
+def judge_all(dump_dir: Path, run, progress: bool = True) -> str:
+    """Judge both splits; returns how the report should name the judge."""
     from ..core.config import JudgeConfig
-    from ..core.loading import load_base
+    from ..judge.embedding_rules import EmbeddingScorer
     from ..judge.offline_server import start_offline_judge, stop_offline_judge
     from .common import PromptSplit
     from .evaluate import run_evaluate
-    from .inference_stage import run_inference
-    from .report import write_report
-    from .run_config import load_run_config
-    from .train_stage import train_method
 
-    started = time.perf_counter()
-    dump_dir = Path(dump_dir)
-    config_path = prepare(dump_dir)
-    run = load_run_config(config_path)
-    base = load_base(run.model_name)
-    spec = run.method()
-    print(f"[demo] training {spec.name} on the built-in data ({dump_dir})")
-    train_method(run, spec, dump_dir, dump_dir, resume=True, base=base, progress=progress)
-    for mode in ("steering", "steering_test"):
-        print(f"[demo] factor sweep, {mode} split")
-        run_inference(config_path, dump_dir, mode, base=base, progress=progress)
-
-    server = None
-    judge_config = run.judge
+    server, judge_config = None, run.judge
     if os.environ.get("OPENAI_API_KEY"):
-        print(f"[demo] judging with the real LLM judge ({judge_config.lm_model})")
+        label = f"LLM judge {judge_config.lm_model}"
     else:
-        server, url = start_offline_judge()
+        scorer = EmbeddingScorer()
+        server, url = start_offline_judge(scorer=scorer)
         judge_config = JudgeConfig(**{**judge_config.to_dict(), "base_url": url,
                                       # the stand-in reads only the package's marked rubric
                                       "rubric": "package"})
-        print(f"[demo] no OPENAI_API_KEY: judging with the OFFLINE RULE-BASED STAND-IN at {url} "
-              "(not an LLM; scores only show the pipeline works)")
+        label = ("offline STAND-IN, not an LLM (all-MiniLM-L6-v2 embedding similarity for "
+                 "concept and instruction, repetition for fluency)")
+    print(f"[demo] judging with the {label}")
     try:
         for mode in ("steering", "steering_test"):
-            run_evaluate(dump_dir, judge_config, mode,
-                         split=PromptSplit.from_config(run.inference), progress=progress)
+            run_evaluate(dump_dir, judge_config, mode, split=PromptSplit.from_config(run.inference),
+                         progress=progress)
     finally:
         if server is not None:
             stop_offline_judge(server)
-    report = write_report({"results": dump_dir}, dump_dir / "report")
-    print_steering_effect(dump_dir, spec.name)
+    return label
+
+
+def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path:
+    from ..core.loading import load_base
+    from .demo_report import write_demo_report
+    from .inference_stage import run_inference
+    from .run_config import load_run_config
+    from .train_stage import train_method
+
+    # Models this small gain nothing from intra-op threads, and on a busy 2-core machine two
+    # threads mostly wait on each other (several times slower); the judge server's request
+    # threads run side by side instead.
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    dump_dir = Path(dump_dir)
+    print(f"[demo] base LM and built-in data in {dump_dir}")
+    config_path = prepare(dump_dir, progress)
+    run = load_run_config(config_path)
+    base = load_base(run.model_name)
+    spec = run.method(METHOD)
+    print(f"[demo] {time.perf_counter() - started:.0f} s: training {spec.name} on "
+          f"{len(TRAINING_CONCEPTS)} training concepts ({len(HELD_OUT_CONCEPTS)} held out)")
+    train_method(run, spec, dump_dir, dump_dir, resume=True, base=base, progress=progress)
+    eval_concepts = str(dump_dir / "generate" / EVAL_METADATA)
+    for mode in ("steering", "steering_test"):
+        print(f"[demo] {time.perf_counter() - started:.0f} s: factor sweep, {mode} split")
+        run_inference(config_path, dump_dir, mode, concepts_path=eval_concepts, base=base,
+                      progress=progress)
+    print(f"[demo] {time.perf_counter() - started:.0f} s: judging")
+    label = judge_all(dump_dir, run, progress)
+    report = write_demo_report(dump_dir, spec.name, concept_sets(), label)
+    print_examples(dump_dir, spec.name)
     print(f"[demo] done in {time.perf_counter() - started:.0f} s; report: {report}")
     return report
 
 
-def print_steering_effect(dump_dir: Path, method: str) -> None:
-    """What the factor does, in two views the table hides: a random tiny LM never follows the
-    instruction, so its harmonic mean is 0 at every factor, yet the steering itself is visible."""
-    import json
-
+def print_examples(dump_dir: Path, method: str) -> None:
+    """One held-out concept's generations on one prompt at every factor: what the table means."""
     import pandas as pd
 
-    by_factor: dict[float, list[float]] = {}
-    with open(dump_dir / "evaluate" / "steering.jsonl", encoding="utf-8") as f:
-        for line in f:
-            entry = json.loads(line)["results"]["LMJudgeEvaluator"][method]
-            for factor, score in zip(entry["factor"], entry["relevance_concept_ratings"]):
-                by_factor.setdefault(factor, []).append(score)
-    cells = ", ".join(f"{k:g}: {sum(v) / len(v):.2f}" for k, v in sorted(by_factor.items()))
-    print(f"[demo] concept score (0-2) by factor, mean over concepts: {cells}")
     rows = pd.read_parquet(dump_dir / "inference" / "steering_data.parquet")
-    first = rows[(rows["concept_id"] == rows["concept_id"].min()) & (rows["input_id"] == 0)]
-    print(f"[demo] '{first['input_concept'].iloc[0]}' on {first['original_prompt'].iloc[0]!r}:")
+    cid = CONCEPT_IDS[HELD_OUT_CONCEPTS[0]]
+    first = rows[(rows["concept_id"] == cid) & (rows["input_id"] == rows["input_id"].min())]
+    print(f"[demo] held-out '{first['input_concept'].iloc[0]}' on "
+          f"{first['original_prompt'].iloc[0]!r}:")
     for row in first.itertuples(index=False):
         text = getattr(row, f"{method}_steered_generation").strip().replace("\n", " ")
-        print(f"         factor {row.factor:g}: {text[:90]!r}")
+        print(f"         factor {row.factor:g}: {text[:110]!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

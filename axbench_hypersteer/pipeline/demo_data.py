@@ -1,9 +1,10 @@
-"""The demo's built-in concept dataset, written for this project, in AxBench's file format.
+"""The demo's data, built from :mod:`demo_concepts`: the hypernetwork's training set in AxBench's
+file format, the held-out concepts' metadata, and the base LM's instruction -> answer corpus.
 
-Six concepts, each with answers that weave the concept's vocabulary into replies to everyday
-instructions, plus a small negative pool, written as ``generate/train_data.parquet`` and
-``generate/metadata.jsonl`` so every stage reads it exactly as it reads AxBench's data. The
-vocabulary is deliberately distinctive so the demo's rule-based stand-in judge can see it.
+The positives mix the concept into an answer to the instruction (a concept sentence, the plain
+answer's first sentence, another concept sentence), like AxBench's positives, which answer the
+instruction while bringing in the concept. Only training concepts and training instructions go
+into ``train_data.parquet``.
 """
 
 from __future__ import annotations
@@ -14,70 +15,91 @@ from pathlib import Path
 
 import pandas as pd
 
+from .demo_concepts import (ANSWERS, CONCEPT_SENTENCES, CONCEPTS, HELD_OUT_CONCEPTS,
+                            TOPIC_REQUESTS, TRAINING_CONCEPTS, TRAINING_INSTRUCTIONS)
 from ..core.fileio import atomic_write, atomic_write_text
 
-CONCEPTS = {
-    "references to the ocean and sea life": (
-        "text", ["ocean", "sea", "life", "coral", "dolphin", "reef", "whale", "waves"]),
-    "mentions of cooking and kitchen tools": (
-        "text", ["cooking", "oven", "whisk", "recipe", "simmer", "knife", "kitchen", "tools"]),
-    "references to outer space and astronomy": (
-        "text", ["space", "astronomy", "galaxy", "telescope", "planet", "comet", "moon", "rocket"]),
-    "mentions of music and musical instruments": (
-        "text", ["music", "instruments", "piano", "rhythm", "guitar", "song", "violin", "melody"]),
-    "references to gardening and plants": (
-        "text", ["gardening", "plants", "soil", "flower", "leaf", "bloom", "roots", "seeds"]),
-    "mentions of trains and railway travel": (
-        "text", ["trains", "railway", "travel", "ticket", "platform", "station", "track", "journey"]),
-}
+HELD_OUT_METADATA = "heldout_metadata.jsonl"
+# Training concepts first, so their ids run 0..31 as in a training file of their own.
+CONCEPT_IDS = {c: cid for cid, c in enumerate(TRAINING_CONCEPTS + HELD_OUT_CONCEPTS)}
 
-INSTRUCTIONS = [
-    "Tell me about your day.", "What is a good way to relax?", "Describe a nice place.",
-    "Give me some advice for the weekend.", "Write a short message to a friend.",
-    "What makes you happy?", "Describe something you saw recently.", "Suggest a hobby.",
-    "What is your favourite season and why?", "Write a short story opening.",
-    "How do you plan a good day?", "Describe a memorable moment.",
-]
 
-# Answers are dense in concept words: a tiny random LM can only learn a concept-dependent shift
-# of its next-token distribution, and function words would otherwise dominate the loss.
-TEMPLATES = [
-    "{a} {b} {c} {d} {a} {c}",
-    "{a} {b} {c} {d} {b} {d}",
-    "{b} {a} {d} {c} {a} {b}",
-    "{c} {d} {a} {b} {c} {a}",
-]
+def concept_sentence(concept: str, rng: random.Random) -> str:
+    a, b, c = rng.sample(CONCEPTS[concept], 3)
+    return rng.choice(CONCEPT_SENTENCES).format(a=a, b=b, c=c)
 
-NEUTRAL = ["I think it is good to rest and take things slowly.",
-           "A calm day with friends is a fine plan.",
-           "It helps to write a list and keep it simple."]
+
+def first_sentence(text: str) -> str:
+    head, dot, _ = text.partition(". ")
+    return head + "." if dot else text
+
+
+def metadata(concepts: list[str]) -> list[dict]:
+    # AxBench's inference parses an integer SAE id after the last "/" of `ref`.
+    return [{"concept_id": CONCEPT_IDS[c], "concept": c, "ref": f"hypersteer-demo/{CONCEPT_IDS[c]}",
+             "concept_genres_map": {c: ["text"]}} for c in concepts]
 
 
 def build_frames(seed: int = 0, per_concept: int = 24) -> tuple[pd.DataFrame, list[dict]]:
+    """Training positives of every training concept (plus AxBench's negatives) and their metadata."""
     rng = random.Random(seed)
-    rows, metadata = [], []
-    for cid, (concept, (genre, words)) in enumerate(CONCEPTS.items()):
-        # AxBench's inference parses an integer SAE id after the last "/" of `ref`.
-        metadata.append({"concept_id": cid, "concept": concept, "ref": f"hypersteer-demo/{cid}",
-                         "concept_genres_map": {concept: [genre]}})
+    rows = []
+    for concept in TRAINING_CONCEPTS:
         for i in range(per_concept):
-            a, b, c, d = rng.sample(words, 4)
-            rows.append({"input": INSTRUCTIONS[i % len(INSTRUCTIONS)],
-                         "output": rng.choice(TEMPLATES).format(a=a, b=b, c=c, d=d),
-                         "output_concept": concept, "concept_genre": genre,
-                         "category": "positive", "dataset_category": "instruction",
-                         "concept_id": cid})
-    for i, instruction in enumerate(INSTRUCTIONS):
-        rows.append({"input": instruction, "output": NEUTRAL[i % len(NEUTRAL)],
+            instruction = TRAINING_INSTRUCTIONS[i % len(TRAINING_INSTRUCTIONS)]
+            rows.append({"input": instruction, "output": mixed_answer(instruction, concept, rng), "output_concept": concept,
+                         "concept_genre": "text", "category": "positive",
+                         "dataset_category": "instruction", "concept_id": CONCEPT_IDS[concept]})
+    for instruction in TRAINING_INSTRUCTIONS:  # negatives are dropped by training, kept for AxBench
+        rows.append({"input": instruction, "output": ANSWERS[instruction][0],
                      "output_concept": "EEEEE", "concept_genre": "text", "category": "negative",
                      "dataset_category": "instruction", "concept_id": -1})
-    return pd.DataFrame(rows), metadata
+    return pd.DataFrame(rows), metadata(TRAINING_CONCEPTS)
 
 
 def write_demo_dataset(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write ``out_dir/generate/{train_data.parquet, metadata.jsonl}``; returns the generate dir."""
+    """Write ``out_dir/generate/{train_data.parquet, metadata.jsonl}`` (training concepts) and
+    ``out_dir/generate/heldout_metadata.jsonl`` (held-out concepts); returns the generate dir."""
     gen = Path(out_dir) / "generate"
-    frame, metadata = build_frames(seed)
+    frame, meta = build_frames(seed)
     atomic_write(gen / "train_data.parquet", lambda p: frame.to_parquet(p, index=False))
-    atomic_write_text(gen / "metadata.jsonl", "".join(json.dumps(m) + "\n" for m in metadata))
+    atomic_write_text(gen / "metadata.jsonl", "".join(json.dumps(m) + "\n" for m in meta))
+    atomic_write_text(gen / HELD_OUT_METADATA,
+                      "".join(json.dumps(m) + "\n" for m in metadata(HELD_OUT_CONCEPTS)))
     return gen
+
+
+def mixed_answer(instruction: str, concept: str, rng: random.Random) -> str:
+    """An answer to ``instruction`` that brings in ``concept``: AxBench's positive shape."""
+    answer = first_sentence(rng.choice(ANSWERS[instruction]))
+    return " ".join([concept_sentence(concept, rng), answer, concept_sentence(concept, rng)])
+
+
+def lm_corpus(n_examples: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``(instruction, answer)`` pairs for the base LM, over every instruction (training and
+    evaluation ones) and every concept (held-out ones included: the base LM knows the world):
+    two in five plain answers, one in five a request about a topic answered with three sentences
+    about it, two in five an instruction with "Include {concept}." answered with the concept
+    mixed in. The last kind is what a real LM can do when prompted, and what steering must
+    achieve without the prompt: it gives the model a "talking about X" state inside ordinary
+    answers that a steering vector can reach."""
+    rng = random.Random(seed)
+    instructions, concepts = list(ANSWERS), list(CONCEPTS)
+    pairs = []
+    for i in range(n_examples):
+        kind, instruction, concept = i % 5, rng.choice(instructions), rng.choice(concepts)
+        if kind in (0, 1):
+            pairs.append((instruction, rng.choice(ANSWERS[instruction])))
+        elif kind == 2:
+            request = rng.choice(TOPIC_REQUESTS).format(concept=concept)
+            pairs.append((request, " ".join(concept_sentence(concept, rng) for _ in range(3))))
+        else:
+            pairs.append((f"{instruction} Include {concept}.", mixed_answer(instruction, concept, rng)))
+    return pairs
+
+
+def tokenizer_texts() -> list[str]:
+    """Text for the tokenizer, so that every concept word and answer word is a whole token."""
+    words = [w for ws in CONCEPTS.values() for w in ws]
+    return [*CONCEPTS, *ANSWERS, *(a for answers in ANSWERS.values() for a in answers),
+            " ".join(words), *CONCEPT_SENTENCES]

@@ -87,6 +87,28 @@ def criteria_figure(summary: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
+def criteria_vs_factor_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+                              title: str) -> Figure:
+    """One panel per concept set (held-in, held-out), one line per criterion against the factor:
+    the steering trade-off (concept up, instruction and fluency down) in one picture."""
+    fig = Figure(figsize=(5.0 * len(curves) + 1.0, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(curves), sharey=True, squeeze=False)[0]
+    for ax, (label, by_criterion) in zip(axes, curves.items()):
+        for key, (factors, means) in by_criterion.items():
+            ax.plot(factors, means, marker="o", linewidth=2.2 if key == "overall" else 1.4,
+                    label=key)
+        ax.set_xlabel("steering factor")
+        ax.set_title(f"{label} concepts")
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(-0.05, 2.05)
+    axes[0].set_ylabel("mean score (0-2)")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig: Figure, out_png: str | Path) -> Path:
     """Write ``fig`` as a PNG atomically (a killed run leaves the old file or none)."""
     return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))

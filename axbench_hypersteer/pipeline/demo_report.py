@@ -1,0 +1,99 @@
+"""The demo's report: the paper's Table 1 layout (held-in and held-out rows) plus the unsteered
+factor-0 rows, and the score-vs-factor curves of every criterion.
+
+One inference/evaluate run covers both concept sets (one sweep, one judge pass), so the rows are
+cut out of the same evaluate files by concept id; the factor is chosen per concept on
+``steering`` and read on ``steering_test`` exactly as :mod:`report` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core.fileio import atomic_write, atomic_write_text
+from .report import (CRITERIA, JUDGE, SELECTION_FILE, TEST_FILE, _judge_ratings, _mean_std,
+                     _values, load_records, score_at_factors, select_best_factors)
+
+COLUMNS = (("Overall", "overall"), ("Concept", "concept"), ("Instruction", "instruction"),
+           ("Fluency", "fluency"))
+
+
+def _only(records: dict, concept_ids: set[int]) -> dict:
+    return {cid: r for cid, r in records.items() if cid in concept_ids}
+
+
+def demo_rows(dump_dir: str | Path, method: str,
+              concept_sets: Mapping[str, set[int]]) -> pd.DataFrame:
+    """One row per (concept set, steered | factor 0): mean ± std over concepts of each
+    criterion on ``steering_test``; steered rows at the factor chosen on ``steering``."""
+    evaluate = Path(dump_dir) / "evaluate"
+    selection = load_records(evaluate / SELECTION_FILE)
+    test = load_records(evaluate / TEST_FILE)
+    rows = []
+    for label, ids in concept_sets.items():
+        best = select_best_factors(_only(selection, ids), method, source=str(evaluate / SELECTION_FILE))
+        for name, factors in ((f"{method}", best), ("unsteered (factor 0)", dict.fromkeys(best, 0.0))):
+            scores = score_at_factors(_only(test, ids), method, factors, source=str(evaluate / TEST_FILE))
+            row = {"method": name, "concepts": label, "n_concepts": len(scores)}
+            for key in (*CRITERIA, "factor"):
+                row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(scores[key])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_rows(rows: pd.DataFrame) -> str:
+    header = ["Method", "Concepts", *(title for title, _ in COLUMNS), "Factor", "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in rows.iterrows():
+        cells = [row["method"], row["concepts"]]
+        cells += [f"{row[f'{key}_mean']:.3f} ± {row[f'{key}_std']:.3f}" for _, key in COLUMNS]
+        cells += [f"{row['factor_mean']:.2f}", str(row["n_concepts"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def criterion_curves(dump_dir: str | Path, method: str, concept_ids: set[int]
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per criterion: mean score over the concepts and all their prompts (both splits) at each
+    factor."""
+    points: dict[str, list[tuple[float, float]]] = {key: [] for key in CRITERIA}
+    for name in (SELECTION_FILE, TEST_FILE):
+        path = Path(dump_dir) / "evaluate" / name
+        records = _only(load_records(path), concept_ids)
+        for cid, where, factors, _ in _judge_ratings(records, method, str(path)):
+            entry = records[cid][JUDGE][method]
+            for key, field in CRITERIA.items():
+                points[key] += zip(factors, _values(entry, field, where, len(factors)))
+    curves = {}
+    for key, pts in points.items():
+        mean = pd.DataFrame(pts, columns=["factor", "score"]).groupby("factor")["score"].mean()
+        curves[key] = (mean.index.to_numpy(dtype=float), mean.to_numpy(dtype=float))
+    return curves
+
+
+def write_demo_report(dump_dir: str | Path, method: str, concept_sets: Mapping[str, set[int]],
+                      judge_label: str, out_dir: str | Path | None = None) -> Path:
+    """``report.md`` (table + curve), ``results.csv`` and ``score_vs_factor.png``; prints the
+    table and returns the report path."""
+    from .plots import criteria_vs_factor_figure, save_figure
+
+    out = Path(out_dir or Path(dump_dir) / "report")
+    rows = demo_rows(dump_dir, method, concept_sets)
+    table = render_rows(rows)
+    atomic_write(out / "results.csv", lambda tmp: rows.to_csv(tmp, index=False))
+    curves = {label: criterion_curves(dump_dir, method, ids) for label, ids in concept_sets.items()}
+    fig = criteria_vs_factor_figure(curves, f"{method}, judge: {judge_label.split(' (')[0]}")
+    save_figure(fig, out / "score_vs_factor.png")
+    md = ["# Demo steering results", "", f"Judge: {judge_label}.", "",
+          f"Factor chosen per concept on `{SELECTION_FILE}` (argmax of the mean harmonic-mean "
+          f"score), scores read on `{TEST_FILE}` at that factor; mean ± sample std over concepts, "
+          "scale 0-2. Held-out concepts were never seen by the hypernetwork in training.", "",
+          table, "![score vs factor](score_vs_factor.png)", ""]
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(md))
+    print(table, end="")
+    return report
