@@ -22,11 +22,20 @@ runs our side alone).
     python benchmarks/fidelity_vs_official.py --official /tmp/official \\
         --official-pythonpath /tmp/tf445 [--lr 8e-5 1e-3] [--steps 150]
 
+``--time-to-loss`` instead measures issue 16's figure: the training time (process CPU primary, wall
+too; evaluation excluded) our trainer needs to reach the official loop's ``--steps``-step held-out
+loss at lr 8e-5, with the fastest throughput options and with the defaults, over the official
+loop's time for its ``--steps`` steps:
+
+    python benchmarks/fidelity_vs_official.py --official /tmp/official \\
+        --official-pythonpath /tmp/tf445 --time-to-loss [--every 10]
+
 ``--step-cost`` instead times a training step of the current block against the same block without
 what the fix added (post-norm, query RoPE, soft-capping), interleaved in one process.
 
 Reusable pieces (another benchmark may import them): ``build_setup``, ``train_ours``,
-``train_official``, ``heldout_loss``, ``curve``, ``step_cost``.
+``train_official``, ``import_official``, ``heldout_loss``, ``curve``, ``step_cost``,
+``time_to_loss``.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -57,6 +67,8 @@ from axbench_hypersteer.testing.tiny import (  # noqa: E402
 OFFICIAL_ENV = "HYPERSTEER_OFFICIAL"
 OFFICIAL_PYTHONPATH_ENV = "HYPERSTEER_OFFICIAL_PYTHONPATH"
 EVAL_STEPS = (0, 10, 50, 100, 150)
+# Issue 16's fastest options for our trainer (benchmarks/throughput_vs_official.py measures each).
+FASTEST = {"length_bucket_group": 16, "prefix_cache": "memory"}
 
 
 @dataclass
@@ -121,13 +133,45 @@ class _Stop(Exception):
     pass
 
 
+class TrainingClock:
+    """Process CPU and wall seconds since ``start``, less the time spent inside ``paused()``:
+    the training time of a run that evaluates as it goes."""
+
+    def __init__(self) -> None:
+        self._origin = self._now()
+        self._paused = (0.0, 0.0)
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        return time.process_time(), time.perf_counter()
+
+    def elapsed(self) -> tuple[float, float]:
+        now = self._now()
+        return tuple(n - o - p for n, o, p in zip(now, self._origin, self._paused))
+
+    def paused(self):
+        clock = self
+
+        class _Pause:
+            def __enter__(self):
+                self.at = clock._now()
+
+            def __exit__(self, *exc):
+                clock._paused = tuple(p + n - a for p, n, a in
+                                      zip(clock._paused, clock._now(), self.at))
+        return _Pause()
+
+
 def train_ours(setup: Setup, lr: float, steps: int = 150, eval_steps: Sequence[int] = EVAL_STEPS,
                config: dict | None = None, patch: Callable[[HyperSteer], None] | None = None,
-               stop_at: int | None = None) -> dict[int, torch.Tensor]:
+               stop_at: int | None = None, train_config: dict | None = None,
+               times: dict[int, tuple[float, float]] | None = None) -> dict[int, torch.Tensor]:
     """Train our hypernetwork with the package's Trainer; returns {step: held-out vectors}.
-    ``config`` overrides HyperSteerConfig fields; ``patch`` may modify the model before training
-    (ablations); ``stop_at`` ends the run after that many updates of the ``steps``-update
-    schedule (cheap ablations that stay comparable with a full run's curve)."""
+    ``config`` overrides HyperSteerConfig fields, ``train_config`` TrainConfig fields; ``patch``
+    may modify the model before training (ablations); ``stop_at`` ends the run after that many
+    updates of the ``steps``-update schedule (cheap ablations that stay comparable with a full
+    run's curve). ``times``, when given, receives {step: (CPU s, wall s)} of training from the
+    Trainer's construction (data preparation included, evaluation excluded)."""
     import pandas as pd
 
     torch.manual_seed(setup.seed)
@@ -139,20 +183,25 @@ def train_ours(setup: Setup, lr: float, steps: int = 150, eval_steps: Sequence[i
         patch(hs)
     frame = pd.DataFrame(setup.train_rows)
     with tempfile.TemporaryDirectory() as tmp:
+        clock = TrainingClock()
         trainer = Trainer(hs, frame, TrainConfig(
             batch_size=setup.batch_size, n_epochs=1, lr=lr, max_steps=steps, dev_examples=0,
-            eval_every=10**6, checkpoint_every=10**6, log_every=10**6, seed=setup.seed),
-            tmp, progress=False)
+            eval_every=10**6, checkpoint_every=10**6, log_every=10**6, seed=setup.seed,
+            **(train_config or {})), tmp, progress=False)
         vectors: dict[int, torch.Tensor] = {}
         wanted = set(eval_steps)
         if 0 in wanted:
-            vectors[0] = _ours_vectors(hs, setup.heldout_rows)
+            with clock.paused():
+                vectors[0] = _ours_vectors(hs, setup.heldout_rows)
         count = [0]
 
         def after_step(optimizer, args, kwargs):
             count[0] += 1
+            if times is not None:
+                times[count[0]] = clock.elapsed()
             if count[0] in wanted:
-                vectors[count[0]] = _ours_vectors(hs, setup.heldout_rows)
+                with clock.paused():
+                    vectors[count[0]] = _ours_vectors(hs, setup.heldout_rows)
             if stop_at is not None and count[0] >= stop_at:
                 raise _Stop
 
@@ -178,9 +227,12 @@ def official_path(arg: str | None) -> Path | None:
 
 def train_official(setup: Setup, lr: float, official: Path, pythonpath: str | None,
                    steps: int = 150, eval_steps: Sequence[int] = EVAL_STEPS,
-                   timeout: float = 3600) -> dict[int, torch.Tensor]:
+                   timeout: float = 3600,
+                   times: dict[int, tuple[float, float]] | None = None) -> dict[int, torch.Tensor]:
     """Run the official ``HyperSteer.train`` (one epoch over the training rows) in a subprocess;
-    returns {step: held-out vectors}, computed as the official ``predict_steer`` does."""
+    returns {step: held-out vectors}, computed as the official ``predict_steer`` does.
+    ``times``, when given, receives {step: (CPU s, wall s)} of training from the call of the
+    official ``train`` (its data preparation included, evaluation excluded)."""
     if steps * setup.batch_size != len(setup.train_rows):
         raise ValueError("the official loop trains whole epochs: steps * batch must equal rows")
     tok = setup.tokenizer
@@ -206,18 +258,19 @@ def train_official(setup: Setup, lr: float, official: Path, pythonpath: str | No
                               env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"official run failed:\n{proc.stderr[-4000:]}")
-        return torch.load(tmp / "vectors.pt")
+        result = torch.load(tmp / "vectors.pt")
+        if times is not None:
+            times.update(result["times"])
+        return result["vectors"]
 
 
-def _official_worker(job_path: str, official: Path) -> None:
-    """Runs in the subprocess (transformers 4.45): imports the official modules from the checkout
+def import_official(official: Path):
+    """The official ``HyperSteer`` class and ``get_prefix_length``, imported from the checkout
     without executing ``axbench/__init__.py`` (which imports every method and its extra
-    dependencies), then calls the official training loop unchanged."""
+    dependencies); modules the training path never calls are stubbed. Run it under transformers
+    4.45 (the official code imports Gemma-2 classes that later versions removed)."""
     import importlib.machinery
     import types
-
-    import pandas as pd
-    import torch.distributed as dist
 
     root = official / "axbench"
     for name, path in (("axbench", root), ("axbench.models", root / "models"),
@@ -235,7 +288,20 @@ def _official_worker(job_path: str, official: Path) -> None:
     sys.modules["axbench.scripts.inference"] = types.ModuleType("axbench.scripts.inference")
     sys.modules["axbench.scripts.inference"].prepare_df = None  # imported by model.py, unused
     from axbench.models.hypersteer import HyperSteer as OfficialHyperSteer
+    from axbench.utils.model_utils import get_prefix_length
+
+    return OfficialHyperSteer, get_prefix_length
+
+
+def _official_worker(job_path: str, official: Path) -> None:
+    """Runs in the subprocess (transformers 4.45): calls the official training loop unchanged."""
+    import types
+
+    import pandas as pd
+    import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    OfficialHyperSteer, get_prefix_length = import_official(official)
 
     job = json.loads(Path(job_path).read_text())
     torch.set_num_threads(1)
@@ -274,6 +340,7 @@ def _official_worker(job_path: str, official: Path) -> None:
             output_hidden_states=False).last_hidden_state.detach().clone()
 
     out: dict[int, torch.Tensor] = {}
+    times: dict[int, tuple[float, float]] = {}
     wanted = set(job["eval_steps"])
     adamw = torch.optim.AdamW
 
@@ -282,21 +349,24 @@ def _official_worker(job_path: str, official: Path) -> None:
             super().__init__(*a, **k)
             self.updates = 0
             if 0 in wanted:
-                out[0] = vectors()
+                with clock.paused():
+                    out[0] = vectors()
 
         def step(self, *a, **k):
             result = super().step(*a, **k)
             self.updates += 1
+            times[self.updates] = clock.elapsed()
             if self.updates in wanted:
-                out[self.updates] = vectors()
+                with clock.paused():
+                    out[self.updates] = vectors()
             return result
 
     torch.optim.AdamW = RecordingAdamW
-    from axbench.utils.model_utils import get_prefix_length
-
-    hs.train(pd.DataFrame(job["train"]), prefix_length=get_prefix_length(tok), positions="all",
+    frame = pd.DataFrame(job["train"])
+    clock = TrainingClock()
+    hs.train(frame, prefix_length=get_prefix_length(tok), positions="all",
              exclude_bos=True, world_size=1)
-    torch.save(out, job["out"])
+    torch.save({"vectors": out, "times": times}, job["out"])
     dist.destroy_process_group()
 
 
@@ -354,6 +424,57 @@ def removed_fraction(ours: dict, official: dict, unsteered: float) -> float:
     return (unsteered - ours[last][0]) / (unsteered - official[last][0])
 
 
+def time_to_loss(setup: Setup, official: Path, pythonpath: str | None, lr: float = 8e-5,
+                 steps: int = 150, every: int = 10) -> dict:
+    """Issue 16's time-to-loss figure. The official loop trains ``steps`` steps; its held-out loss
+    there is the target. Each of our sides (the fastest options, then the defaults; the official
+    run sits between them) is evaluated every ``every`` steps; the first evaluated step at or
+    below the target and its training time over the official ``steps``-step time are reported
+    (``None`` when ours never gets there within ``steps``)."""
+    ours = {}
+    official_times: dict[int, tuple[float, float]] = {}
+    for side in ("fastest", "official", "defaults"):
+        if side == "official":
+            vectors = train_official(setup, lr, official, pythonpath, steps, eval_steps=(steps,),
+                                     times=official_times)
+            target = heldout_loss(setup, vectors[steps])
+            continue
+        times: dict[int, tuple[float, float]] = {}
+        vectors = train_ours(setup, lr, steps, eval_steps=range(every, steps + 1, every),
+                             train_config=FASTEST if side == "fastest" else None, times=times)
+        ours[side] = ({s: heldout_loss(setup, v) for s, v in sorted(vectors.items())}, times)
+    base_cpu, base_wall = official_times[steps]
+    result = {"target": target, "official_cpu": base_cpu, "official_wall": base_wall,
+              "official_first_cpu": official_times[1][0], "steps": steps, "sides": {}}
+    for side, (losses, times) in ours.items():
+        hit = next((s for s, loss in losses.items() if loss <= target), None)
+        cpu, wall = times[hit] if hit else (float("nan"), float("nan"))
+        result["sides"][side] = {"step": hit, "cpu": cpu, "wall": wall,
+                                 "cpu_ratio": cpu / base_cpu, "wall_ratio": wall / base_wall,
+                                 "losses": losses, "cpu_at_end": times[steps][0],
+                                 "first_cpu": times[1][0]}
+    return result
+
+
+def _print_time_to_loss(r: dict) -> None:
+    print(f"official: {r['steps']} steps, held-out loss {r['target']:.2f} (the target), "
+          f"training {r['official_cpu']:.1f} s CPU, {r['official_wall']:.1f} s wall "
+          f"(data preparation + step 1: {r['official_first_cpu']:.1f} s CPU)")
+    for side, v in r["sides"].items():
+        losses = " ".join(f"{s}:{loss:.2f}" for s, loss in v["losses"].items())
+        opts = FASTEST if side == "fastest" else "defaults"
+        print(f"ours {side} ({opts}): data preparation + step 1 {v['first_cpu']:.1f} s CPU; "
+              f"held-out loss {losses}")
+        if v["step"] is None:
+            print(f"  never <= {r['target']:.2f} within {r['steps']} steps "
+                  f"({v['cpu_at_end']:.1f} s CPU for all of them)")
+        else:
+            print(f"  reaches {r['target']:.2f} at step {v['step']}: {v['cpu']:.1f} s CPU, "
+                  f"{v['wall']:.1f} s wall; ours / official: CPU {v['cpu_ratio']:.2f}, "
+                  f"wall {v['wall_ratio']:.2f}")
+    print(f"load {_common.load()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--official", help=f"AxBench checkout at c01a22a (or ${OFFICIAL_ENV})")
@@ -364,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ours-only", action="store_true")
     p.add_argument("--step-cost", action="store_true",
                    help="instead: time a training step with and without what the fix added")
+    p.add_argument("--time-to-loss", action="store_true",
+                   help="instead: training time to reach the official held-out loss, ours / "
+                        "official (issue 16)")
+    p.add_argument("--every", type=int, default=10,
+                   help="--time-to-loss: evaluate ours every this many steps")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -387,6 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     _common.quiet()
     torch.set_num_threads(args.threads)
     setup = build_setup(n_train=args.steps * 4)
+    if args.time_to_loss:
+        if official is None:
+            raise SystemExit("--time-to-loss needs the official checkout (--official)")
+        _print_time_to_loss(time_to_loss(setup, official, args.official_pythonpath,
+                                         args.lr[0], args.steps, args.every))
+        return 0
     unsteered = heldout_loss(setup, None)
     print(f"unsteered held-out loss {unsteered:.2f}")
     for lr in args.lr:

@@ -47,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (offline environment; the repo on sys.path)
+from fidelity_vs_official import import_official, official_path  # noqa: E402
 
 SETUP = dict(hidden=256, layers=6, heads=4, steering_layer=3, num_blocks=2, batch_size=4, seed=42)
 SIDES = {
@@ -128,42 +129,6 @@ def _has_pyvene() -> bool:
 # ------------------------------------------------------------------------------- official side
 
 
-def official_checkout(path: str | None) -> Path | None:
-    if not path:
-        return None
-    path = Path(path)
-    marker = path / "axbench" / "models" / "hypersteer.py"
-    return path if marker.exists() else None
-
-
-def _import_official(root: Path):
-    """The official ``HyperSteer`` class without running ``axbench/__init__.py`` (which imports
-    every method and their extra dependencies); modules the training path never calls are
-    stubbed."""
-    import importlib.machinery
-
-    pkg = root / "axbench"
-    for name, path in (("axbench", pkg), ("axbench.models", pkg / "models"),
-                       ("axbench.utils", pkg / "utils"), ("axbench.scripts", pkg / "scripts")):
-        module = types.ModuleType(name)
-        module.__path__ = [str(path)]
-        sys.modules[name] = module
-    for name in ("wandb", "seaborn", "einops"):
-        try:
-            __import__(name)
-        except ImportError:
-            stub = types.ModuleType(name)
-            stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
-            sys.modules[name] = stub
-    inference = types.ModuleType("axbench.scripts.inference")
-    inference.prepare_df = None
-    sys.modules["axbench.scripts.inference"] = inference
-    from axbench.models.hypersteer import HyperSteer
-    from axbench.utils.model_utils import get_prefix_length
-
-    return HyperSteer, get_prefix_length
-
-
 def run_official(root: Path, args) -> dict:
     import pandas as pd
     import torch.distributed as dist
@@ -173,7 +138,7 @@ def run_official(root: Path, args) -> dict:
     from axbench_hypersteer.core.collate import format_prompt
     from axbench_hypersteer.testing.tiny import build_tiny_tokenizer, save_tiny
 
-    official_cls, get_prefix_length = _import_official(root)
+    official_cls, get_prefix_length = import_official(root)
     tok = build_tiny_tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
         save_tiny(base_model(tok), tok, Path(tmp) / "base")
@@ -289,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sides = list(args.sides)
-    args.official = official_checkout(args.official)
+    args.official = official_path(args.official)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("throughput_vs_official: --device cuda but no CUDA device: skipped")
         return 0
