@@ -15,14 +15,16 @@ import torch
 import yaml
 
 from axbench_hypersteer.pipeline import demo
-from axbench_hypersteer.pipeline.demo_concepts import HELD_OUT_CONCEPTS, TRAINING_CONCEPTS
-from axbench_hypersteer.pipeline.demo_data import HELD_OUT_METADATA
+from axbench_hypersteer.pipeline.demo_concepts import CONCEPTS, HELD_OUT_CONCEPTS
+from axbench_hypersteer.pipeline.demo_data import ALL_TRAINING_CONCEPTS, HELD_OUT_METADATA
 from axbench_hypersteer.pipeline.demo_lm import DemoLMConfig, train_demo_lm
 from axbench_hypersteer.core.generation import SteerRow, steer_rows
 from axbench_hypersteer.pipeline.inference_stage import load_prompts
 from axbench_hypersteer.judge.embedding_rules import EmbeddingScorer
 
 STEERED_FACTORS = (1.0, 1.5, 2.0)
+# What descriptions share without carrying a concept's meaning.
+FUNCTION_WORDS = {"references", "mentions", "to", "of", "the", "and"}
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +63,17 @@ def generate(hs, prompts, concepts, factor):
 def test_held_out_concepts_never_reach_training(trained):
     dump, _ = trained
     frame = pd.read_parquet(dump / "generate" / "train_data.parquet")
-    assert set(frame["output_concept"]) - {"EEEEE"} == set(TRAINING_CONCEPTS)
+    trained_on = set(frame["output_concept"]) - {"EEEEE"}
+    assert trained_on == set(ALL_TRAINING_CONCEPTS) and len(trained_on) == 512
     held_out = [json.loads(x)["concept"]
                 for x in (dump / "generate" / HELD_OUT_METADATA).read_text().splitlines()]
-    assert held_out == HELD_OUT_CONCEPTS and not set(held_out) & set(TRAINING_CONCEPTS)
+    assert held_out == HELD_OUT_CONCEPTS and not set(held_out) & trained_on
+    # Not even a word: no held-out noun or description word is in a training description or
+    # in a training positive.
+    held_out_words = {w for c in held_out for w in [*CONCEPTS[c], *c.split()]} - FUNCTION_WORDS
+    words = lambda texts: {w.strip(",.").lower() for t in texts for w in t.split()}  # noqa: E731
+    assert not held_out_words & words(trained_on)
+    assert not held_out_words & words(frame.loc[frame["category"] == "positive", "output"])
     _, prompts = load_prompts(None)
     assert not set(prompts) & set(frame["input"])  # evaluation prompts are unseen too
 

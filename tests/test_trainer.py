@@ -385,6 +385,23 @@ def test_only_the_hypernetwork_learns(tokenizer, concept10_dir, tmp_path):
     assert "readout.weight" in changed and any(k.startswith("cross_attentions.") for k in changed)
 
 
+def test_freeze_embeddings_trains_everything_but_the_token_table(tokenizer, concept10_dir,
+                                                                  tmp_path):
+    frame = load_train_frame(concept10_dir, max_num_of_examples=1, seed=0)
+    hs = make_hs(tiny_base(tokenizer), tokenizer, "xattn")
+    before = hypernet_state(hs)
+    trainer = Trainer(hs, frame, train_cfg(batch_size=2, max_steps=2, freeze_embeddings=True),
+                      tmp_path, progress=False)
+    table = hs.hypernet.body.get_input_embeddings().weight
+    assert all(p is not table for p in trainer.params)
+    trainer.train()
+    after = hypernet_state(hs)
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert "body.embed_tokens.weight" not in changed
+    assert changed == set(after) - {"body.embed_tokens.weight"} - {
+        k for k in after if not after[k].is_floating_point()}, "a trainable tensor did not move"
+
+
 def test_gradient_accumulation_equals_the_larger_batch(tokenizer, concept10_dir, tmp_path):
     frame = load_train_frame(concept10_dir, max_num_of_examples=1, seed=0).head(4)
     # Prompts (and so padding) differ; answers are equally long, so the token-mean loss of the

@@ -258,6 +258,11 @@ class TrainConfig(_YamlMixin):
     prefix_cache: str = "off"
     prefix_cache_max_gb: float | None = None  # refuse to start above this (default: what fits)
     fused_adamw: bool = False  # torch's fused AdamW kernel: no gain on CPU; for GPUs
+    # Keep the hypernetwork's token embeddings at their pretrained values (the official code
+    # trains them). Words that no training description contains then keep the same geometry as
+    # the words that train the map around them, which is what lets a small set of training
+    # concepts generalise to unseen descriptions (the demo; docs/benchmarks.md).
+    freeze_embeddings: bool = False
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "n_epochs", "gradient_accumulation_steps", "max_length",

@@ -321,6 +321,10 @@ class HyperNetwork(nn.Module):
                 module._gradient_checkpointing_func = ckpt
         return self.readout(self._pool(hidden, attention_mask))
 
+    def freeze_token_embeddings(self) -> None:
+        """Stop training the token embedding table (``TrainConfig.freeze_embeddings``)."""
+        self.body.get_input_embeddings().weight.requires_grad_(False)
+
     def enable_gradient_checkpointing(self, use_reentrant: bool = False) -> None:
         """Checkpoint the hypernetwork's blocks (recomputed in backward, cross-attention included).
 

@@ -1,14 +1,16 @@
 """The demo's built-in knowledge: concepts (description + vocabulary) and everyday instructions
 with plain answers, written for this project.
 
-Two concept sets share one table: the hypernetwork trains on ``TRAINING_CONCEPTS`` and is then
-asked to steer toward ``HELD_OUT_CONCEPTS``, which it never saw (the paper's central claim). The
-base LM, like a real pretrained LM, has read about every topic, so a held-out concept's words are
-known to the model; what the hypernetwork must generalise is how to turn a description into a
-steering vector.
+Two concept sets share one table: the hypernetwork trains on ``TRAINING_CONCEPTS`` (plus the
+narrow concepts :func:`composed_concepts` builds from their nouns) and is then asked to steer
+toward ``HELD_OUT_CONCEPTS``, which it never saw (the paper's central claim). The base LM, like a
+real pretrained LM, has read about every topic, so a held-out concept's words are known to the
+model; what the hypernetwork must generalise is how to turn a description into a steering vector.
 """
 
 from __future__ import annotations
+
+import random
 
 # description -> vocabulary (nouns, so that the sentence templates below stay grammatical).
 CONCEPTS: dict[str, list[str]] = {
@@ -106,6 +108,45 @@ HELD_OUT_CONCEPTS: list[str] = [
     "mentions of robots and machines",
 ]
 TRAINING_CONCEPTS: list[str] = [c for c in CONCEPTS if c not in HELD_OUT_CONCEPTS]
+
+# Descriptions of the composed training concepts; {a}, {b}, {c} are nouns of the training
+# concepts. Some end on a generic word, as real descriptions often do ("... and farm animals"),
+# so that the hypernetwork learns to read the whole description, not only its last word.
+COMPOSED_DESCRIPTIONS = [
+    "references to the {a} and the {b}",
+    "mentions of {a} and {b}",
+    "references to {a}, {b} and {c}",
+    "mentions of the {a}",
+    "text about the {a}, the {b} and the {c}",
+    "words related to {a} and {b}",
+    "references to the {a} and related things",
+    "mentions of {a} and {b} in everyday situations",
+    "references to {a}, {b} and similar topics",
+    "mentions of the {a} and its world",
+]
+
+
+def composed_concepts(n: int, seed: int = 0) -> dict[str, list[str]]:
+    """``n`` narrow training concepts composed from the training concepts' nouns, e.g.
+    ``"mentions of the owl and the oven"`` -> ``["owl", "oven"]`` (description -> the nouns its
+    positives use).
+
+    Why: 32 hand-written concepts are too few to learn a description -> vector map that
+    generalises; trained on them alone the hypernetwork memorised them and the held-out concept
+    score hardly moved (docs/benchmarks.md). The paper trains on Concept16K for the same reason.
+    No noun of a held-out concept, and no word of a held-out description, is ever used here: the
+    held-out concepts stay unseen in every word that carries their meaning.
+    """
+    held_out_words = {w for c in HELD_OUT_CONCEPTS for w in [*CONCEPTS[c], *c.split()]}
+    pool = sorted({w for c in TRAINING_CONCEPTS for w in CONCEPTS[c]} - held_out_words)
+    rng, composed = random.Random(seed), {}
+    while len(composed) < n:
+        template = COMPOSED_DESCRIPTIONS[len(composed) % len(COMPOSED_DESCRIPTIONS)]
+        nouns = rng.sample(pool, template.count("{"))
+        description = template.format(**dict(zip("abc", nouns)))
+        if description not in CONCEPTS:
+            composed[description] = nouns
+    return composed
 
 # Sentence patterns over a concept's nouns; each is a complete, simple sentence.
 CONCEPT_SENTENCES = [

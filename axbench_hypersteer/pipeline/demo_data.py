@@ -16,16 +16,25 @@ from pathlib import Path
 import pandas as pd
 
 from .demo_concepts import (ANSWERS, CONCEPT_SENTENCES, CONCEPTS, HELD_OUT_CONCEPTS,
-                            TOPIC_REQUESTS, TRAINING_CONCEPTS, TRAINING_INSTRUCTIONS)
+                            TOPIC_REQUESTS, TRAINING_CONCEPTS, TRAINING_INSTRUCTIONS,
+                            composed_concepts)
 from ..core.fileio import atomic_write, atomic_write_text
 
 HELD_OUT_METADATA = "heldout_metadata.jsonl"
-# Training concepts first, so their ids run 0..31 as in a training file of their own.
-CONCEPT_IDS = {c: cid for cid, c in enumerate(TRAINING_CONCEPTS + HELD_OUT_CONCEPTS)}
+# 32 hand-written + 480 composed training concepts: Concept500's size. Each composed concept
+# gets a few positives only; what it teaches is the shared description -> vector map.
+N_COMPOSED = 480
+PER_CONCEPT, PER_COMPOSED = 24, 4
+COMPOSED = composed_concepts(N_COMPOSED)
+VOCABULARY = {**CONCEPTS, **COMPOSED}  # description -> the nouns its positives use
+ALL_TRAINING_CONCEPTS = TRAINING_CONCEPTS + list(COMPOSED)
+# Training concepts first, so their ids run 0..511 as in a training file of their own.
+CONCEPT_IDS = {c: cid for cid, c in enumerate(ALL_TRAINING_CONCEPTS + HELD_OUT_CONCEPTS)}
 
 
 def concept_sentence(concept: str, rng: random.Random) -> str:
-    a, b, c = rng.sample(CONCEPTS[concept], 3)
+    words = VOCABULARY[concept]
+    a, b, c = rng.sample(words, 3) if len(words) >= 3 else [rng.choice(words) for _ in range(3)]
     return rng.choice(CONCEPT_SENTENCES).format(a=a, b=b, c=c)
 
 
@@ -40,12 +49,13 @@ def metadata(concepts: list[str]) -> list[dict]:
              "concept_genres_map": {c: ["text"]}} for c in concepts]
 
 
-def build_frames(seed: int = 0, per_concept: int = 24) -> tuple[pd.DataFrame, list[dict]]:
-    """Training positives of every training concept (plus AxBench's negatives) and their metadata."""
+def build_frames(seed: int = 0) -> tuple[pd.DataFrame, list[dict]]:
+    """Training positives of every training concept, hand-written and composed (plus AxBench's
+    negatives), and their metadata."""
     rng = random.Random(seed)
     rows = []
-    for concept in TRAINING_CONCEPTS:
-        for i in range(per_concept):
+    for concept in ALL_TRAINING_CONCEPTS:
+        for i in range(PER_CONCEPT if concept in CONCEPTS else PER_COMPOSED):
             instruction = TRAINING_INSTRUCTIONS[i % len(TRAINING_INSTRUCTIONS)]
             rows.append({"input": instruction, "output": mixed_answer(instruction, concept, rng), "output_concept": concept,
                          "concept_genre": "text", "category": "positive",
@@ -54,7 +64,7 @@ def build_frames(seed: int = 0, per_concept: int = 24) -> tuple[pd.DataFrame, li
         rows.append({"input": instruction, "output": ANSWERS[instruction][0],
                      "output_concept": "EEEEE", "concept_genre": "text", "category": "negative",
                      "dataset_category": "instruction", "concept_id": -1})
-    return pd.DataFrame(rows), metadata(TRAINING_CONCEPTS)
+    return pd.DataFrame(rows), metadata(ALL_TRAINING_CONCEPTS)
 
 
 def write_demo_dataset(out_dir: str | Path, seed: int = 0) -> Path:

@@ -116,6 +116,8 @@ class Trainer:
                                  f"but the training data has concept_id {top}")
         if cfg.gradient_checkpointing:
             model.hypernet.enable_gradient_checkpointing(use_reentrant=False)
+        if cfg.freeze_embeddings:  # before the strategy collects the trainable parameters
+            model.hypernet.freeze_token_embeddings()
         # Wraps (DDP) or shards (FSDP) the hypernetwork, then builds the optimizer on the result.
         self.strategy = make_strategy(cfg, self.dist, use_bf16)
         self.strategy.prepare(model)
