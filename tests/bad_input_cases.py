@@ -126,7 +126,7 @@ def _string_ids(frame):
 
 def _unknown_id(frame):
     row = frame.index[frame["category"] == "positive"][0]
-    frame.loc[row, "concept_id"] = 99
+    frame.loc[row, "concept_id"] = 9999
     return frame
 
 
@@ -286,9 +286,9 @@ CASES: list[Case] = [
     Case("parquet-wrong-dtype", "parquet", "`concept_id` holds strings (`concept-0`)",
          lambda w: (_edit_parquet(w, _string_ids), w.train())[1],
          ("WORK/dump/generate/train_data.parquet", "concept_id", "'concept-0'")),
-    Case("parquet-unknown-concept", "parquet", "a row's `concept_id` 99 is not in metadata.jsonl",
+    Case("parquet-unknown-concept", "parquet", "a row's `concept_id` 9999 is not in metadata.jsonl",
          lambda w: (_edit_parquet(w, _unknown_id), w.train())[1],
-         ("WORK/dump/generate/train_data.parquet", "99", "metadata.jsonl")),
+         ("WORK/dump/generate/train_data.parquet", "9999", "metadata.jsonl")),
     Case("steering-data-missing-column", "parquet",
          "inference/steering_data.parquet without `input_concept` (evaluate)",
          lambda w: (_steering_data(w, drop="input_concept"), w.evaluate())[1],

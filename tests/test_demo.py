@@ -1,7 +1,7 @@
 """The demo's trained base LM and its held-out steering, judged by the embedding stand-in.
 
 One module-scoped fixture trains the demo's base LM exactly as ``hypersteer demo`` does (about a
-minute of CPU) and a hypernetwork on the training concepts with a shortened schedule; every test
+minute of CPU) and its hypernetwork as the demo does (without the dev evaluations); every test
 here reads them and none modifies them.
 """
 
@@ -88,12 +88,13 @@ def test_base_lm_answers_on_topic_at_factor_0(trained, scorer):
 
 
 def test_held_out_steering_raises_the_concept_score(trained, scorer):
-    """The rise is small today (issue 12's target of +0.8 is not met: docs/benchmarks.md); this
-    guards its sign, and the held-in rise, which is large."""
+    """The paper's central claim on the demo: concepts the hypernetwork never saw are steered
+    toward. Measured rises (best steered factor over factor 0, 4 prompts): held-out +1.04,
+    held-in +1.55; the margins are about half of that."""
     _, hs = trained
     _, prompts = load_prompts(None)
     prompts = prompts[:4]
-    for concepts, margin in ((HELD_OUT_CONCEPTS, 0.05), (demo.HELD_IN_EVAL, 0.3)):
+    for concepts, margin in ((HELD_OUT_CONCEPTS, 0.5), (demo.HELD_IN_EVAL, 0.8)):
         means = {}
         for factor in (0.0, *STEERED_FACTORS):
             texts = generate(hs, prompts, concepts, factor)
