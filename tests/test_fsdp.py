@@ -1,7 +1,8 @@
 """FSDP2 training on CPU with gloo: two sharded ranks train exactly what one process (and two DDP
 ranks) train on the same global batch, hold about half the bytes each, torchao's 8-bit AdamW
-trains with a ~4x smaller state, a SIGKILLed FSDP run resumes to the uninterrupted run's weights,
-the export is the usual single safetensors, and bad settings fail in one line.
+trains with a ~4x smaller state, a frozen token table stays put (and out of the optimizer), a
+SIGKILLed FSDP run resumes to the uninterrupted run's weights, the export is the usual single
+safetensors, and bad settings fail in one line.
 
 Every 2-rank check runs in ONE torchrun (tests/run_fsdp_checks.py) after one killed run:
 two process starts in all. torchao's optimizer step is ``torch.compile``d per parameter shape,
