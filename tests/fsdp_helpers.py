@@ -23,6 +23,8 @@ TRAININGS = {
     "fsdp_adamw": dict(strategy="fsdp"),
     "ddp_adamw": dict(strategy="ddp"),
     "fsdp_adamw8bit": dict(strategy="fsdp", optimizer="adamw8bit", max_steps=8),
+    # The token table (in the root unit, with trainable norms and readout) stays as it was.
+    "fsdp_freeze": dict(strategy="fsdp", freeze_embeddings=True),
     # Last: it shards the (shared) base model's blocks in place.
     "fsdp_shard_base": dict(strategy="fsdp", shard_base=True),
 }

@@ -4,8 +4,9 @@ every check that needs a process group shares one (each torchrun start costs sec
     torchrun --standalone --nproc_per_node=2 tests/run_fsdp_checks.py BASE_DIR DATA_DIR TARGETS \
         CONFIG KILLED_DUMP OUT_DIR
 
-1. three short trainings of the same hypernetwork on the same data (fsdp+adamw, ddp+adamw,
-   fsdp+adamw8bit): losses, exported weights and per-rank parameter/gradient/optimizer bytes;
+1. short trainings of the same hypernetwork on the same data (fsdp_helpers.TRAININGS): losses,
+   exported weights, per-rank parameter/gradient/optimizer bytes and whether the optimizer
+   holds state for the token embedding table;
 2. the uninterrupted FSDP run of CONFIG (``hypersteer train``'s code, under dump ``OUT_DIR/ref``)
    and the ``--resume`` of the run SIGKILLed in KILLED_DUMP.
 
@@ -44,7 +45,10 @@ def main(base_dir, data_dir, targets, config, killed_dump, out_dir) -> None:
         trainer = Trainer(hs, frame, fsdp_train_cfg(targets, **overrides), out_dir / name, info,
                           progress=False)
         result = trainer.train()
-        report[name] = {"losses": result.losses, "memory": trainer.state_bytes()}
+        table = hs.hypernet.body.get_input_embeddings().weight
+        report[name] = {"losses": result.losses, "memory": trainer.state_bytes(),
+                        "table_in_optimizer": table in trainer.optimizer.state
+                        or any(p is table for p in trainer.params)}
         weights = trainer.strategy.full_state_dict()
         if info.is_main:
             save_tensors(out_dir / f"{name}.safetensors", weights)

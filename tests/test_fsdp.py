@@ -1,7 +1,8 @@
 """FSDP2 training on CPU with gloo: two sharded ranks train exactly what one process (and two DDP
 ranks) train on the same global batch, hold about half the bytes each, torchao's 8-bit AdamW
-trains with a ~4x smaller state, a SIGKILLed FSDP run resumes to the uninterrupted run's weights,
-the export is the usual single safetensors, and bad settings fail in one line.
+trains with a ~4x smaller state, a frozen token table stays put (and out of the optimizer), a
+SIGKILLed FSDP run resumes to the uninterrupted run's weights, the export is the usual single
+safetensors, and bad settings fail in one line.
 
 Every 2-rank check runs in ONE torchrun (tests/run_fsdp_checks.py) after one killed run:
 two process starts in all. torchao's optimizer step is ``torch.compile``d per parameter shape,
@@ -10,6 +11,7 @@ minutes of inductor work on 2 cores for a handful of tiny steps: the worker runs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import signal
@@ -38,6 +40,7 @@ from trainer_helpers import (REPO, TORCHRUN, kill_after_step, method_entry, run_
 
 WORKER = str(REPO / "tests" / "run_fsdp_checks.py")
 METHOD = "HyperSteerXAttn"
+TABLE = "body.embed_tokens.weight"
 
 
 def _train_args(config, data_dir, dump_dir, *extra) -> list[str]:
@@ -75,17 +78,28 @@ def fsdp_runs(tmp_path_factory, tokenizer, concept10_dir):
                            targets=targets, killed=killed, killed_at=killed_at)
 
 
-@pytest.fixture(scope="module")
-def one_process(fsdp_runs, concept10_dir):
+def _one_process_run(fsdp_runs, concept10_dir, name: str, **overrides) -> SimpleNamespace:
     """The same training in this process, one rank, the 2-rank global batch (2 x 2 rows)."""
     model, tokenizer = load_base(str(fsdp_runs.base_dir))
     frame = load_train_frame(concept10_dir, max_num_of_examples=2, seed=0)
-    trainer = Trainer(make_wide_hs(model, tokenizer), frame,
-                      fsdp_train_cfg(fsdp_runs.targets, batch_size=4),
-                      fsdp_runs.root / "one_process", progress=False)
+    hs = make_wide_hs(model, tokenizer)
+    initial = {k: v.clone() for k, v in hs.hypernet.state_dict().items()}
+    trainer = Trainer(hs, frame, fsdp_train_cfg(fsdp_runs.targets, batch_size=4, **overrides),
+                      fsdp_runs.root / name, progress=False)
     result = trainer.train()
     return SimpleNamespace(losses=result.losses, memory=trainer.state_bytes(),
-                           weights=trainer.strategy.full_state_dict())
+                           weights=trainer.strategy.full_state_dict(), initial=initial)
+
+
+@pytest.fixture(scope="module")
+def one_process(fsdp_runs, concept10_dir):
+    return _one_process_run(fsdp_runs, concept10_dir, "one_process")
+
+
+@pytest.fixture(scope="module")
+def one_process_frozen(fsdp_runs, concept10_dir):
+    return _one_process_run(fsdp_runs, concept10_dir, "one_process_frozen",
+                            freeze_embeddings=True)
 
 
 def _assert_close(got: dict, want: dict, what: str) -> None:
@@ -114,6 +128,21 @@ def test_two_fsdp_ranks_train_what_one_process_and_ddp_train(fsdp_runs, one_proc
     # Both ranks report the same (all-reduced) losses.
     assert fsdp_runs.reports[1]["fsdp_adamw"]["losses"] == fsdp_runs.reports[0]["fsdp_adamw"][
         "losses"]
+
+
+def test_fsdp_with_frozen_embeddings_keeps_the_table_and_trains_the_rest(fsdp_runs,
+                                                                         one_process_frozen):
+    """The table shares the root unit with trainable parameters (readout, norms): FSDP2 must
+    reduce-scatter only those, and the optimizer must never see the table."""
+    fsdp = load_file(fsdp_runs.out / "fsdp_freeze.safetensors")
+    _assert_close(fsdp, one_process_frozen.weights, "2-rank FSDP vs 1 process, frozen table")
+    assert torch.equal(fsdp[TABLE], one_process_frozen.initial[TABLE])
+    assert not torch.equal(fsdp["readout.weight"], one_process_frozen.initial["readout.weight"])
+    for report in fsdp_runs.reports:
+        assert report["fsdp_freeze"]["losses"] == pytest.approx(one_process_frozen.losses,
+                                                                rel=1e-5)
+        assert report["fsdp_freeze"]["table_in_optimizer"] is False
+        assert report["fsdp_adamw"]["table_in_optimizer"] is True  # the check can fail
 
 
 def test_each_fsdp_rank_holds_about_half_the_training_state(fsdp_runs, one_process):
@@ -175,6 +204,29 @@ def test_planner_counts_what_each_rank_allocates(fsdp_runs, one_process):
         for what, got in (("params", planned.weights), ("grads", planned.grads),
                           ("optimizer", planned.optim)):
             assert got == pytest.approx(memory[what], rel=0.05), (key, what, got, memory)
+
+
+def test_planner_counts_no_grads_or_moments_for_a_frozen_table(fsdp_runs, one_process,
+                                                               one_process_frozen):
+    """With ``freeze_embeddings`` the table still counts as weights, not as gradients or
+    optimizer state: planned against what the ranks (and one process) held, within 5 %."""
+    cfg = base_config(str(fsdp_runs.base_dir))
+    train = fsdp_train_cfg(fsdp_runs.targets)
+    plans = {(p.strategy, p.optimizer): p for p in plan(cfg, wide_hs_config(), train, gpus=2,
+                                                        bf16=False)}
+    frozen = {(p.strategy, p.optimizer): p for p in plan(
+        cfg, wide_hs_config(), dataclasses.replace(train, freeze_embeddings=True), gpus=2,
+        bf16=False)}
+    measured = {("fsdp", "adamw"): fsdp_runs.reports[0]["fsdp_freeze"]["memory"],
+                ("ddp", "adamw"): one_process_frozen.memory}
+    for key, memory in measured.items():
+        planned = frozen[key]
+        assert planned.weights == plans[key].weights
+        for what, got in (("grads", planned.grads), ("optimizer", planned.optim)):
+            assert got == pytest.approx(memory[what], rel=0.05), (key, what, got, memory)
+    # The table is a real share of this model: the check would catch counting it.
+    saved = one_process.memory["grads"] - one_process_frozen.memory["grads"]
+    assert saved >= 0.1 * one_process.memory["grads"]
 
 
 def test_plan_command_prints_every_combination(fsdp_runs, capsys):

@@ -7,7 +7,8 @@ The parameter, gradient and optimizer figures are exact counts of the hypernetwo
 builds (made on the meta device: no memory, no download for the Gemma-2 sizes it knows), per
 tensor as FSDP2 shards it (dim 0, the first rank holding the rounded-up share) and as torchao
 stores 8-bit moments (int8 codes, one fp32 scale per 256 values and a 256-entry code table; a
-tensor whose shard has fewer than 4096 values keeps fp32 moments). The tests check them against
+tensor whose shard has fewer than 4096 values keeps fp32 moments); with ``freeze_embeddings``
+the token table counts as weights only (no gradient, no moments). The tests check them against
 what the tiny model allocates per rank. The rest is an estimate: ``gather`` is FSDP's transient
 unsharded copy (the root's parameters, two blocks in flight and one block's full-size gradient
 before the reduce-scatter), ``activ`` the activations saved for backward (Korthikanti et al.'s
@@ -125,6 +126,7 @@ class _Counts:
     """What the plans need from the models, counted once."""
 
     shapes: list[torch.Size]  # hypernetwork parameters
+    trainable: list[bool]  # per parameter: has a gradient and optimizer moments
     element: int  # bytes per hypernetwork parameter (its config dtype)
     compute: int  # bytes per value of the base and of FSDP's gathered copies
     root: int  # hypernetwork parameters outside the per-block units
@@ -136,6 +138,8 @@ class _Counts:
 
 def _count(base_cfg, model_cfg: HyperSteerConfig, train: TrainConfig, bf16: bool) -> _Counts:
     base, hypernet = _meta_models(base_cfg, model_cfg)
+    if train.freeze_embeddings:  # as the trainer does: the table is held, never updated
+        hypernet.freeze_token_embeddings()
     compute = 2 if bf16 else 4
     base_layers = sum(p.numel() for p in base.base_model.layers.parameters())
     params = list(hypernet.parameters())
@@ -149,7 +153,8 @@ def _count(base_cfg, model_cfg: HyperSteerConfig, train: TrainConfig, bf16: bool
              + _activation_bytes(base_cfg, base_cfg.num_hidden_layers - model_cfg.steering_layer,
                                  train.batch_size, train.max_length, compute, False))
     return _Counts(
-        shapes=[p.shape for p in params], element=params[0].element_size(), compute=compute,
+        shapes=[p.shape for p in params], trainable=[p.requires_grad for p in params],
+        element=params[0].element_size(), compute=compute,
         root=sum(p.numel() for p in params) - sum(units), largest_unit=max(units, default=0),
         base_layers=base_layers,
         base_rest=sum(p.numel() for p in base.parameters()) - base_layers, activ=activ)
@@ -162,14 +167,15 @@ def _plans(c: _Counts, gpus: int, shard_base: bool) -> list[Plan]:
         base_ranks = gpus if strategy == "fsdp" and shard_base else 1
         base_bytes = (c.base_rest + math.ceil(c.base_layers / base_ranks)) * c.compute
         local = [_shard_numel(shape, ranks) for shape in c.shapes]
+        trained = [n for n, trainable in zip(local, c.trainable) if trainable]
         gather = 0.0
         if ranks > 1:
             gather = (c.root + 2 * c.largest_unit) * c.compute + c.largest_unit * c.element
         for optimizer in OPTIMIZERS:
             plans.append(Plan(
                 strategy, optimizer, base=base_bytes,
-                weights=sum(local) * c.element, grads=sum(local) * c.element,
-                optim=sum(_moment_bytes(n, c.element, optimizer) for n in local),
+                weights=sum(local) * c.element, grads=sum(trained) * c.element,
+                optim=sum(_moment_bytes(n, c.element, optimizer) for n in trained),
                 gather=gather, activ=c.activ))
     return plans
 
