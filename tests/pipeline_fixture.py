@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 METHOD = "HyperSteerXAttn"
-N_CONCEPTS = 4  # concepts steered by the inference tests (the first of the demo's training concepts)
+N_CONCEPTS = 4  # concepts steered by the inference tests: the demo's first training concepts
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 Trains a tiny Gemma-2 base LM on the built-in instruction -> answer corpus (cached in the dump),
 writes the built-in concept dataset in AxBench's format, trains HyperSteerXAttn on the training
-concepts (32 hand-written, 480 composed from their nouns), sweeps the steering factor for held-in AND held-out concepts (the latter never seen by
-the hypernetwork) on prompts it never trained on, judges every generation and writes the report:
-held-in and held-out rows at the selected factor, the unsteered factor-0 rows, and the
-score-vs-factor curves.
+concepts (32 hand-written, 480 composed from their nouns), sweeps the steering factor for held-in
+AND held-out concepts (the latter never seen by the hypernetwork) on prompts it never trained on,
+judges every generation and writes the report: held-in and held-out rows at the selected factor,
+the unsteered factor-0 rows, and the score-vs-factor curves.
 
 Without ``OPENAI_API_KEY`` the judge is an offline STAND-IN served on 127.0.0.1 over the same
 OpenAI-compatible HTTP interface: concept and instruction relevance from all-MiniLM-L6-v2
@@ -45,7 +45,8 @@ DEMO_CONFIG = {
             "batch_size": 16, "n_epochs": 3, "lr": 5e-3, "warmup_ratio": 0.05,
             "num_blocks": 4, "cross_attention_heads": 4, "max_length": 128,
             # Unseen description words keep the geometry the learned map was fitted around:
-            # held-out concept score 0.81 vs 0.48 with trained embeddings (docs/benchmarks.md).
+            # held-out concept 0.57 vs 0.48 with trained embeddings at equal lr, 0.81 with this
+            # lr and schedule (docs/benchmarks.md, tries F, H, I).
             "freeze_embeddings": True,
             "dev_examples": 16, "eval_every": 50, "checkpoint_every": 50,
         }},

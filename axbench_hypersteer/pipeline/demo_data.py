@@ -57,7 +57,8 @@ def build_frames(seed: int = 0) -> tuple[pd.DataFrame, list[dict]]:
     for concept in ALL_TRAINING_CONCEPTS:
         for i in range(PER_CONCEPT if concept in CONCEPTS else PER_COMPOSED):
             instruction = TRAINING_INSTRUCTIONS[i % len(TRAINING_INSTRUCTIONS)]
-            rows.append({"input": instruction, "output": mixed_answer(instruction, concept, rng), "output_concept": concept,
+            rows.append({"input": instruction, "output": mixed_answer(instruction, concept, rng),
+                         "output_concept": concept,
                          "concept_genre": "text", "category": "positive",
                          "dataset_category": "instruction", "concept_id": CONCEPT_IDS[concept]})
     for instruction in TRAINING_INSTRUCTIONS:  # negatives are dropped by training, kept for AxBench
