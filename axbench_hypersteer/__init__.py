@@ -15,31 +15,31 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (relative to this package)
 _EXPORTS = {
-    "HyperSteer": ".core.hypersteer",
-    "SteeredOutput": ".core.hypersteer",
-    "HyperSteerConfig": ".core.config",
-    "TrainConfig": ".core.config",
-    "HyperNetwork": ".core.hypernet",
-    "Steerer": ".core.steering",
-    "SteeringSource": ".core.steering",
-    "SteeringCollator": ".core.collate",
-    "load_base": ".core.loading",
-    "Trainer": ".pipeline.trainer",
-    "HyperSteerError": ".core.errors",
-    "ConfigError": ".core.errors",
-    "DataError": ".core.errors",
+    "HyperSteer": ".model.hypersteer",
+    "SteeredOutput": ".model.hypersteer",
+    "HyperSteerConfig": ".model.config",
+    "TrainConfig": ".model.config",
+    "HyperNetwork": ".model.hypernet",
+    "Steerer": ".model.steering",
+    "SteeringSource": ".model.steering",
+    "SteeringCollator": ".model.collate",
+    "load_base": ".model.loading",
+    "Trainer": ".train.trainer",
+    "HyperSteerError": ".model.errors",
+    "ConfigError": ".model.errors",
+    "DataError": ".model.errors",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from .core.collate import SteeringCollator
-    from .core.config import HyperSteerConfig, TrainConfig
-    from .core.errors import ConfigError, DataError, HyperSteerError
-    from .core.hypernet import HyperNetwork
-    from .core.hypersteer import HyperSteer, SteeredOutput
-    from .core.loading import load_base
-    from .core.steering import Steerer, SteeringSource
-    from .pipeline.trainer import Trainer
+    from .model.collate import SteeringCollator
+    from .model.config import HyperSteerConfig, TrainConfig
+    from .model.errors import ConfigError, DataError, HyperSteerError
+    from .model.hypernet import HyperNetwork
+    from .model.hypersteer import HyperSteer, SteeredOutput
+    from .model.loading import load_base
+    from .model.steering import Steerer, SteeringSource
+    from .train.trainer import Trainer
 
 
 def __getattr__(name: str) -> Any:

@@ -28,14 +28,14 @@ from typing import Callable
 from . import __version__
 
 COMMANDS = {
-    "demo": "axbench_hypersteer.pipeline.demo",
-    "split": "axbench_hypersteer.pipeline.splits",
-    "train": "axbench_hypersteer.pipeline.train_stage",
-    "inference": "axbench_hypersteer.pipeline.inference_stage",
-    "evaluate": "axbench_hypersteer.pipeline.evaluate",
-    "steering-loss": "axbench_hypersteer.pipeline.steering_loss",
-    "report": "axbench_hypersteer.pipeline.report",
-    "plan": "axbench_hypersteer.pipeline.planner",
+    "demo": "axbench_hypersteer.demo.run",
+    "split": "axbench_hypersteer.stages.splits",
+    "train": "axbench_hypersteer.stages.train_stage",
+    "inference": "axbench_hypersteer.stages.inference_stage",
+    "evaluate": "axbench_hypersteer.stages.evaluate",
+    "steering-loss": "axbench_hypersteer.stages.steering_loss",
+    "report": "axbench_hypersteer.stages.report",
+    "plan": "axbench_hypersteer.stages.plan",
     "serve": "axbench_hypersteer.serve.cli",
     "vectors": "axbench_hypersteer.serve.vectors",
 }
@@ -45,7 +45,7 @@ def run_command(prog: str, entry: Callable[[list[str]], int | None], argv: list[
     """Run one command's ``main``; a :class:`HyperSteerError` becomes one stderr line and exit
     status 2 (the user can fix it), anything else keeps its traceback (a bug). Shared by
     ``hypersteer``, ``python -m axbench_hypersteer.experiments`` and ``...axbench``."""
-    from .core.errors import HyperSteerError
+    from .model.errors import HyperSteerError
 
     try:
         return int(entry(argv) or 0)

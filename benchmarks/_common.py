@@ -22,8 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as `python benchmarks/x.py` without an install
 
-from axbench_hypersteer.core.config import HyperSteerConfig  # noqa: E402
-from axbench_hypersteer.core.hypersteer import HyperSteer  # noqa: E402
+from axbench_hypersteer.model.config import HyperSteerConfig  # noqa: E402
+from axbench_hypersteer.model.hypersteer import HyperSteer  # noqa: E402
 
 CONCEPT10 = ROOT.parent / "shared" / "axbench-data" / "concept10" / "prod_2b_l20_v1" / "generate"
 DEMO_PROMPTS = ROOT / "axbench_hypersteer" / "resources" / "demo_prompts.json"
@@ -107,7 +107,7 @@ def concept10():
                 if x.strip()]
         frame = pd.read_parquet(CONCEPT10 / "train_data.parquet")
     else:
-        from axbench_hypersteer.pipeline.demo_data import build_frames
+        from axbench_hypersteer.demo.data import build_frames
 
         frame, meta = build_frames()
     names = {int(m["concept_id"]): m["concept"] for m in meta}

@@ -32,10 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as `python benchmarks/bench_train.py` without an install
 
-from axbench_hypersteer.core.config import HyperSteerConfig, TrainConfig  # noqa: E402
-from axbench_hypersteer.core.hypersteer import HyperSteer  # noqa: E402
-from axbench_hypersteer.pipeline.data import load_train_frame  # noqa: E402
-from axbench_hypersteer.pipeline.trainer import Trainer  # noqa: E402
+from axbench_hypersteer.model.config import HyperSteerConfig, TrainConfig  # noqa: E402
+from axbench_hypersteer.model.hypersteer import HyperSteer  # noqa: E402
+from axbench_hypersteer.stages.data import load_train_frame  # noqa: E402
+from axbench_hypersteer.train.trainer import Trainer  # noqa: E402
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2, build_tiny_tokenizer  # noqa: E402
 
 CONCEPT10 = ROOT.parent / "shared" / "axbench-data" / "concept10" / "prod_2b_l20_v1"
@@ -45,7 +45,7 @@ VARIANTS = ("nocontext", "incontext", "xattn")
 def data_frame(tmp: Path):
     if CONCEPT10.exists():
         return load_train_frame(CONCEPT10, seed=0), "concept10"
-    from axbench_hypersteer.pipeline.demo_data import write_demo_dataset
+    from axbench_hypersteer.demo.data import write_demo_dataset
 
     write_demo_dataset(tmp)
     return load_train_frame(tmp, seed=0), "demo"

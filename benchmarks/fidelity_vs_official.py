@@ -56,11 +56,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (sets the offline environment, puts the repo on sys.path)
 
-from axbench_hypersteer.core.collate import SteeringCollator, format_prompt  # noqa: E402
-from axbench_hypersteer.core.config import HyperSteerConfig, TrainConfig  # noqa: E402
-from axbench_hypersteer.core.hypersteer import HyperSteer  # noqa: E402
-from axbench_hypersteer.core.steering import Steerer, SteeringSource  # noqa: E402
-from axbench_hypersteer.pipeline.trainer import Trainer  # noqa: E402
+from axbench_hypersteer.model.collate import SteeringCollator, format_prompt  # noqa: E402
+from axbench_hypersteer.model.config import HyperSteerConfig, TrainConfig  # noqa: E402
+from axbench_hypersteer.model.hypersteer import HyperSteer  # noqa: E402
+from axbench_hypersteer.model.steering import Steerer, SteeringSource  # noqa: E402
+from axbench_hypersteer.train.trainer import Trainer  # noqa: E402
 from axbench_hypersteer.testing.tiny import (  # noqa: E402
     build_tiny_gemma2, build_tiny_tokenizer, redraw_matrices_, save_tiny)
 

@@ -34,10 +34,10 @@ def main() -> None:
         os.environ["TORCHDYNAMO_DISABLE"] = "1"
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import _common as C
-    from axbench_hypersteer.core.config import TrainConfig
-    from axbench_hypersteer.pipeline.data import load_train_frame
-    from axbench_hypersteer.pipeline.distributed import setup_distributed, teardown
-    from axbench_hypersteer.pipeline.trainer import Trainer
+    from axbench_hypersteer.model.config import TrainConfig
+    from axbench_hypersteer.stages.data import load_train_frame
+    from axbench_hypersteer.train.distributed import setup_distributed, teardown
+    from axbench_hypersteer.train.trainer import Trainer
     from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
 
     C.quiet()

@@ -5,14 +5,14 @@ with the real 2B sizes, in bf16; the hypernetwork (22 blocks by default, 8 cross
 fp32 master weights, AdamW) trains under bf16 autocast, exactly as the trainer does. Batches are
 random token ids shaped like AxBench's (32 prompt + 128 answer tokens, 16 steering-prompt tokens,
 batch 12). Prints ONE line: median step time, base tokens/s, torch.cuda.max_memory_allocated, and
-the achieved TFLOP/s by the analytic count of axbench_hypersteer/core/flops.py.
+the achieved TFLOP/s by the analytic count of benchmarks/flops.py.
 
     python benchmarks/gpu_benchmark.py --steps 20            # one H100-class GPU, < 10 minutes
     python benchmarks/gpu_benchmark.py --steps 10 --strategy fsdp   # the same step under FSDP2
     python benchmarks/gpu_benchmark.py --device cpu --tiny --steps 2   # smoke test, seconds
 
 ``--strategy``/``--optimizer`` go through the trainer's own strategy object
-(``pipeline/strategy.py``); ``fsdp`` on one GPU runs in a one-rank process group, so the line
+(``train/strategy.py``); ``fsdp`` on one GPU runs in a one-rank process group, so the line
 shows what FSDP2's unit-by-unit gathering and bf16 mixed-precision policy cost against the
 plain (``ddp``, single-process) step.
 
@@ -72,8 +72,8 @@ def build(args, device):
     from transformers import Gemma2ForCausalLM
 
     import _common as C
-    from axbench_hypersteer.core.config import HyperSteerConfig
-    from axbench_hypersteer.core.hypersteer import HyperSteer
+    from axbench_hypersteer.model.config import HyperSteerConfig
+    from axbench_hypersteer.model.hypersteer import HyperSteer
     from axbench_hypersteer.testing.tiny import tiny_gemma2_config
 
     if args.tiny:
@@ -144,11 +144,11 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from axbench_hypersteer.core.config import TrainConfig
-    from axbench_hypersteer.core.flops import (HypernetShapes, LMShapes, format_flops,
+    from axbench_hypersteer.model.config import TrainConfig
+    from benchmarks.flops import (HypernetShapes, LMShapes, format_flops,
                                                training_step_flops)
-    from axbench_hypersteer.pipeline.distributed import DistInfo
-    from axbench_hypersteer.pipeline.strategy import make_strategy
+    from axbench_hypersteer.train.distributed import DistInfo
+    from axbench_hypersteer.train.strategy import make_strategy
 
     device = torch.device(args.device)
     if device.type == "cpu":

@@ -31,8 +31,8 @@ AXBENCH_BATCH = 10  # AxBench's steering_batch_size in every production sweep
 
 
 def rows_for(concepts, prompts, factors, per_concept_prompts, tokenizer):
-    from axbench_hypersteer.core.collate import format_prompt
-    from axbench_hypersteer.core.generation import SteerRow
+    from axbench_hypersteer.model.collate import format_prompt
+    from axbench_hypersteer.model.generation import SteerRow
 
     by_concept = []
     for cid, concept in enumerate(concepts):
@@ -63,8 +63,8 @@ def main() -> None:
     C.common_args(parser, reps=3)
     args = parser.parse_args()
     C.start(args)
-    from axbench_hypersteer.core.config import InferenceConfig
-    from axbench_hypersteer.core.generation import steer_rows
+    from axbench_hypersteer.model.config import InferenceConfig
+    from axbench_hypersteer.model.generation import steer_rows
     from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()

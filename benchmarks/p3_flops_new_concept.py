@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import _common as C  # noqa: F401  (path and offline setup)
-from axbench_hypersteer.core.flops import (HypernetShapes, PerConceptAssumptions,
+from benchmarks.flops import (HypernetShapes, PerConceptAssumptions,
                                            flops_per_concept_table, format_flops, gemma2_2b_shapes,
                                            new_concept_vector_flops, per_concept_vector_flops)
 

@@ -29,10 +29,10 @@ import sys
 import torch
 
 import _common as C
-from axbench_hypersteer.core.collate import SteeringCollator
-from axbench_hypersteer.core.flops import HypernetShapes, LMShapes, training_step_flops
-from axbench_hypersteer.core.hypersteer import context_width
-from axbench_hypersteer.core.steering import SteeringSource, steering_hook
+from axbench_hypersteer.model.collate import SteeringCollator
+from benchmarks.flops import HypernetShapes, LMShapes, training_step_flops
+from axbench_hypersteer.model.hypersteer import context_width
+from axbench_hypersteer.model.steering import SteeringSource, steering_hook
 
 SIDES = ("one_pass_hook", "one_pass_pyvene", "one_pass_full_head", "two_pass")
 

@@ -83,9 +83,9 @@ def peak_rss_mb() -> float:
 def run_ours(side: str, args) -> dict:
     import pandas as pd
 
-    from axbench_hypersteer.core.config import HyperSteerConfig, TrainConfig
-    from axbench_hypersteer.core.hypersteer import HyperSteer
-    from axbench_hypersteer.pipeline.trainer import Trainer
+    from axbench_hypersteer.model.config import HyperSteerConfig, TrainConfig
+    from axbench_hypersteer.model.hypersteer import HyperSteer
+    from axbench_hypersteer.train.trainer import Trainer
     from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
@@ -135,7 +135,7 @@ def run_official(root: Path, args) -> dict:
     import torch.utils.data as tud
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axbench_hypersteer.core.collate import format_prompt
+    from axbench_hypersteer.model.collate import format_prompt
     from axbench_hypersteer.testing.tiny import build_tiny_tokenizer, save_tiny
 
     official_cls, get_prefix_length = import_official(root)
@@ -184,8 +184,8 @@ def run_official(root: Path, args) -> dict:
 
 def pad_table() -> None:
     """Pad fraction of one epoch of all Concept10 positives, plain and bucketed."""
-    from axbench_hypersteer.core.collate import SteeringCollator
-    from axbench_hypersteer.pipeline.batching import bucketed_batches, pad_fraction, plain_batches
+    from axbench_hypersteer.model.collate import SteeringCollator
+    from axbench_hypersteer.train.batching import bucketed_batches, pad_fraction, plain_batches
     from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
 
     rows = training_rows(10**9)

@@ -12,7 +12,7 @@ naming the evaluation concepts (Concept500) that must not be trained on.
 
 Held-in trains on the evaluation concepts' own data (Concept500's ``generate/`` as AxBench's
 ``--overwrite_data_dir``); held-out trains on Concept16K with Concept500 removed (see
-``python -m axbench_hypersteer.pipeline.splits``) and is evaluated on Concept500.
+``python -m axbench_hypersteer.stages.splits``) and is evaluated on Concept500.
 """
 
 from __future__ import annotations

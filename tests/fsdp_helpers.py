@@ -9,8 +9,8 @@ The base is 128 wide (not the 64 of the other trainer tests) so that every weigh
 
 from __future__ import annotations
 
-from axbench_hypersteer.core.config import HyperSteerConfig, TrainConfig
-from axbench_hypersteer.core.hypersteer import HyperSteer
+from axbench_hypersteer.model.config import HyperSteerConfig, TrainConfig
+from axbench_hypersteer.model.hypersteer import HyperSteer
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 
 from trainer_helpers import INIT_RANGE, LAYER, NUM_LAYERS

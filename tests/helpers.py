@@ -7,8 +7,8 @@ from typing import Sequence
 
 import torch
 
-from axbench_hypersteer.core.config import HyperSteerConfig
-from axbench_hypersteer.core.hypersteer import HyperSteer
+from axbench_hypersteer.model.config import HyperSteerConfig
+from axbench_hypersteer.model.hypersteer import HyperSteer
 
 VARIANTS = ("nocontext", "incontext", "xattn")
 LAYER = 2  # steering layer used throughout (the tiny models have 3-4 blocks)

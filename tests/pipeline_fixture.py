@@ -60,10 +60,10 @@ def build_pipeline(root: Path, tokenizer=None) -> Pipeline:
     training the demo's own, which is most of the build time."""
     import torch
 
-    from axbench_hypersteer.core.loading import load_base
-    from axbench_hypersteer.pipeline import demo
-    from axbench_hypersteer.pipeline.run_config import load_run_config
-    from axbench_hypersteer.pipeline.train_stage import train_method
+    from axbench_hypersteer.model.loading import load_base
+    from axbench_hypersteer.demo import run as demo
+    from axbench_hypersteer.stages.run_config import load_run_config
+    from axbench_hypersteer.stages.train_stage import train_method
     from axbench_hypersteer.testing.tiny import build_tiny_gemma2, build_tiny_tokenizer, save_tiny
 
     root.mkdir(parents=True, exist_ok=True)

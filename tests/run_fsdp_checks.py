@@ -23,13 +23,13 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from axbench_hypersteer.core.fileio import save_tensors  # noqa: E402
-from axbench_hypersteer.core.loading import load_base  # noqa: E402
-from axbench_hypersteer.pipeline.data import load_train_frame  # noqa: E402
-from axbench_hypersteer.pipeline.distributed import setup_distributed, teardown  # noqa: E402
-from axbench_hypersteer.pipeline.run_config import load_run_config  # noqa: E402
-from axbench_hypersteer.pipeline.train_stage import train_method  # noqa: E402
-from axbench_hypersteer.pipeline.trainer import Trainer  # noqa: E402
+from axbench_hypersteer.model.fileio import save_tensors  # noqa: E402
+from axbench_hypersteer.model.loading import load_base  # noqa: E402
+from axbench_hypersteer.stages.data import load_train_frame  # noqa: E402
+from axbench_hypersteer.train.distributed import setup_distributed, teardown  # noqa: E402
+from axbench_hypersteer.stages.run_config import load_run_config  # noqa: E402
+from axbench_hypersteer.stages.train_stage import train_method  # noqa: E402
+from axbench_hypersteer.train.trainer import Trainer  # noqa: E402
 
 from fsdp_helpers import TRAININGS, fsdp_train_cfg, make_wide_hs  # noqa: E402
 

@@ -1,5 +1,5 @@
 """``hypersteer train`` for subprocess tests: ``python tests/run_train_stage.py ARGS`` (or under
-``torchrun``) runs :func:`axbench_hypersteer.pipeline.train_stage.main` with one intra-op thread,
+``torchrun``) runs :func:`axbench_hypersteer.stages.train_stage.main` with one intra-op thread,
 so that CPU results are bit-reproducible across processes.
 
 With ``HYPERSTEER_TEST_RANK_DIR`` set, every rank also writes its own trained hypernetwork to
@@ -14,8 +14,8 @@ import torch
 
 torch.set_num_threads(1)
 
-from axbench_hypersteer.core.fileio import save_tensors  # noqa: E402
-from axbench_hypersteer.pipeline import train_stage  # noqa: E402
+from axbench_hypersteer.model.fileio import save_tensors  # noqa: E402
+from axbench_hypersteer.stages import train_stage  # noqa: E402
 
 rank_dir = os.environ.get("HYPERSTEER_TEST_RANK_DIR")
 if rank_dir:

@@ -9,8 +9,8 @@ logits) and Llama (plain head), through pyvene and the plain hook.
 import pytest
 import torch
 
-from axbench_hypersteer.core.answer_loss import answer_loss, has_plain_head
-from axbench_hypersteer.core.collate import SteeringCollator
+from axbench_hypersteer.model.answer_loss import answer_loss, has_plain_head
+from axbench_hypersteer.model.collate import SteeringCollator
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 
 from helpers import BASE, STEER, build_tiny_llama, make_hs, perturb_

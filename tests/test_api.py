@@ -14,7 +14,7 @@ import pytest
 
 import axbench_hypersteer
 from axbench_hypersteer import cli
-from axbench_hypersteer.core.errors import DataError, HyperSteerError
+from axbench_hypersteer.model.errors import DataError, HyperSteerError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +43,8 @@ def test_every_public_name_resolves_to_its_defining_object():
         value = getattr(axbench_hypersteer, name)
         if name != "__version__":
             assert value.__name__ == name and value.__module__.startswith("axbench_hypersteer.")
-    from axbench_hypersteer.core.hypersteer import HyperSteer
-    from axbench_hypersteer.pipeline.trainer import Trainer
+    from axbench_hypersteer.model.hypersteer import HyperSteer
+    from axbench_hypersteer.train.trainer import Trainer
 
     assert axbench_hypersteer.HyperSteer is HyperSteer and axbench_hypersteer.Trainer is Trainer
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
@@ -79,7 +79,7 @@ def test_every_public_exception_derives_from_hypersteer_error():
 
 def test_errors_keep_their_builtin_base():
     """Callers that caught ValueError / FileNotFoundError before the common base still do."""
-    from axbench_hypersteer.core.errors import ConfigError, MissingFileError
+    from axbench_hypersteer.model.errors import ConfigError, MissingFileError
 
     assert issubclass(ConfigError, ValueError) and issubclass(DataError, ValueError)
     assert issubclass(MissingFileError, FileNotFoundError)
@@ -100,9 +100,9 @@ def test_the_cli_turns_a_hypersteer_error_into_one_line_and_leaves_bugs_alone(ca
 
 
 @pytest.mark.parametrize("module", [
-    "axbench_hypersteer.pipeline.demo", "axbench_hypersteer.pipeline.train_stage",
-    "axbench_hypersteer.pipeline.inference_stage", "axbench_hypersteer.pipeline.evaluate",
-    "axbench_hypersteer.pipeline.steering_loss", "axbench_hypersteer.experiments.scaling",
+    "axbench_hypersteer.demo.run", "axbench_hypersteer.stages.train_stage",
+    "axbench_hypersteer.stages.inference_stage", "axbench_hypersteer.stages.evaluate",
+    "axbench_hypersteer.stages.steering_loss", "axbench_hypersteer.experiments.scaling",
     "axbench_hypersteer.experiments.ablations", "axbench_hypersteer.experiments.geometry",
     "axbench_hypersteer.experiments.attention"])
 def test_every_long_running_command_takes_the_same_progress_flags(module, capsys):

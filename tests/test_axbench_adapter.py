@@ -29,11 +29,11 @@ from axbench_hypersteer.axbench import launcher, registry
 from axbench_hypersteer.axbench import models as ax_models
 from axbench_hypersteer.axbench.models import (HyperSteerInContext, HyperSteerNoContext,
                                                HyperSteerXAttn)
-from axbench_hypersteer.core.collate import format_prompt
-from axbench_hypersteer.core.config import ConfigError
-from axbench_hypersteer.core.hypersteer import HyperSteer
-from axbench_hypersteer.pipeline import train_stage
-from axbench_hypersteer.pipeline.run_config import load_run_config
+from axbench_hypersteer.model.collate import format_prompt
+from axbench_hypersteer.model.config import ConfigError
+from axbench_hypersteer.model.hypersteer import HyperSteer
+from axbench_hypersteer.stages import train_stage
+from axbench_hypersteer.stages.run_config import load_run_config
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2, save_tiny
 
 REPO = Path(__file__).resolve().parents[1]

@@ -64,7 +64,7 @@ def test_loading_the_base_model_draws_no_bar_and_keeps_bars_working(pipeline, ca
     again: only the load is silenced."""
     from transformers.utils import logging as hf_logging
 
-    from axbench_hypersteer.core.loading import load_base
+    from axbench_hypersteer.model.loading import load_base
 
     capfd.readouterr()
     load_base(str(pipeline.base_model))

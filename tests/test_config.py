@@ -7,9 +7,9 @@ import math
 import pytest
 import yaml
 
-from axbench_hypersteer.core.config import (ConfigError, HyperSteerConfig, InferenceConfig,
+from axbench_hypersteer.model.config import (ConfigError, HyperSteerConfig, InferenceConfig,
                                             JudgeConfig, TrainConfig)
-from axbench_hypersteer.core.hypersteer import HyperSteer
+from axbench_hypersteer.model.hypersteer import HyperSteer
 
 ALL = (HyperSteerConfig, TrainConfig, InferenceConfig, JudgeConfig)
 
@@ -240,7 +240,7 @@ def test_from_base_accepts_the_boundaries(tiny_model, tokenizer):
 def test_hypersteer_section_sets_rows_per_call(tmp_path):
     """`rows_per_call` (the standalone sweep's generate-call size) has no AxBench key: it lives in
     the plugin's own section, apart from AxBench's per-concept `steering_batch_size`."""
-    from axbench_hypersteer.pipeline.run_config import load_run_config
+    from axbench_hypersteer.stages.run_config import load_run_config
 
     path = tmp_path / "run.yaml"
     raw = {"train": {"model_name": "tiny", "layer": 2, "models": {"HyperSteerXAttn": {}}},

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from axbench_hypersteer.core.config import ConfigError
-from axbench_hypersteer.core.hypersteer import CONFIG_NAME, WEIGHTS_NAME, HyperSteer
-from axbench_hypersteer.core.steering import (Steerer, SteeringSource, decoder_layers,
+from axbench_hypersteer.model.config import ConfigError
+from axbench_hypersteer.model.hypersteer import CONFIG_NAME, WEIGHTS_NAME, HyperSteer
+from axbench_hypersteer.model.steering import (Steerer, SteeringSource, decoder_layers,
                                               residual_after, steering_hook)
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 

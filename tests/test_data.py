@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from axbench_hypersteer.core.collate import SteeringCollator, format_prompt
-from axbench_hypersteer.core.errors import DataError
-from axbench_hypersteer.pipeline.data import (TrainDataset, load_metadata, load_train_frame,
+from axbench_hypersteer.model.collate import SteeringCollator, format_prompt
+from axbench_hypersteer.model.errors import DataError
+from axbench_hypersteer.train.dataset import TrainDataset
+from axbench_hypersteer.stages.data import (load_metadata, load_train_frame,
                                               normalise_concept, shuffle_examples)
 
 CONCEPTS = {0: "alpha things", 1: "beta things"}

@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 
-from axbench_hypersteer.pipeline import demo
-from axbench_hypersteer.pipeline.demo_concepts import CONCEPTS, HELD_OUT_CONCEPTS
-from axbench_hypersteer.pipeline.demo_data import ALL_TRAINING_CONCEPTS, HELD_OUT_METADATA
-from axbench_hypersteer.pipeline.demo_lm import DemoLMConfig, train_demo_lm
-from axbench_hypersteer.core.generation import SteerRow, steer_rows
-from axbench_hypersteer.pipeline.inference_stage import load_prompts
+from axbench_hypersteer.demo import run as demo
+from axbench_hypersteer.demo.concepts import CONCEPTS, HELD_OUT_CONCEPTS
+from axbench_hypersteer.demo.data import ALL_TRAINING_CONCEPTS, HELD_OUT_METADATA
+from axbench_hypersteer.demo.lm import DemoLMConfig, train_demo_lm
+from axbench_hypersteer.model.generation import SteerRow, steer_rows
+from axbench_hypersteer.stages.inference_stage import load_prompts
 from axbench_hypersteer.judge.embedding_rules import EmbeddingScorer
 
 STEERED_FACTORS = (1.0, 1.5, 2.0)
@@ -29,11 +29,11 @@ FUNCTION_WORDS = {"references", "mentions", "to", "of", "the", "and"}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from axbench_hypersteer.core.hypersteer import HyperSteer
-    from axbench_hypersteer.core.loading import load_base
-    from axbench_hypersteer.pipeline.common import method_dir
-    from axbench_hypersteer.pipeline.run_config import load_run_config
-    from axbench_hypersteer.pipeline.train_stage import train_method
+    from axbench_hypersteer.model.hypersteer import HyperSteer
+    from axbench_hypersteer.model.loading import load_base
+    from axbench_hypersteer.stages.common import method_dir
+    from axbench_hypersteer.stages.run_config import load_run_config
+    from axbench_hypersteer.stages.train_stage import train_method
 
     dump = tmp_path_factory.mktemp("demo")
     config_path = demo.prepare(dump, progress=False)

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from axbench_hypersteer.pipeline.demo_concepts import CONCEPTS
+from axbench_hypersteer.demo.concepts import CONCEPTS
 from axbench_hypersteer.judge.embedding_rules import EmbeddingScorer, fluency_score
 from axbench_hypersteer.judge.offline_server import start_offline_judge, stop_offline_judge
 from axbench_hypersteer.judge.parsing import parse_rating

@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from axbench_hypersteer.core.collate import SteeringCollator, format_prompt
-from axbench_hypersteer.core.config import ConfigError, HyperSteerConfig
-from axbench_hypersteer.core.errors import DataError
-from axbench_hypersteer.core.hypersteer import HyperSteer
+from axbench_hypersteer.model.collate import SteeringCollator, format_prompt
+from axbench_hypersteer.model.config import ConfigError, HyperSteerConfig
+from axbench_hypersteer.model.errors import DataError
+from axbench_hypersteer.model.hypersteer import HyperSteer
 from axbench_hypersteer.experiments import EXPERIMENTS
 from axbench_hypersteer.experiments import __main__ as experiments_cli
 from axbench_hypersteer.experiments import ablations as abl
@@ -30,8 +30,8 @@ from axbench_hypersteer.experiments.hf_data import hf_to_axbench
 from axbench_hypersteer.experiments.projection import (block_means, cosine_matrix, pca_2d,
                                                        tsne_2d)
 from axbench_hypersteer.experiments.scaling import run_scaling
-from axbench_hypersteer.pipeline.data import load_metadata, load_train_frame
-from axbench_hypersteer.pipeline.run_config import load_run_config
+from axbench_hypersteer.stages.data import load_metadata, load_train_frame
+from axbench_hypersteer.stages.run_config import load_run_config
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2, save_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,7 +288,7 @@ def test_ablations_run_the_grid_with_clipped_blocks_and_write_one_table(base, c1
     assert (result.table.paper_heldout_judge.dropna() > 0).all()
 
     # DiffMean stand-in targets: one row per concept id, held-out concepts left at zero.
-    from axbench_hypersteer.core.fileio import load_tensors
+    from axbench_hypersteer.model.fileio import load_tensors
     targets = load_tensors(out / "targets" / f"diffmean_l{LAYER}.safetensors")["weight"]
     heldout = set(pd.read_parquet(out / "splits" / "heldout.parquet").concept_id)
     trained_ids = set(range(10)) - heldout

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from axbench_hypersteer.core.collate import SteeringCollator
-from axbench_hypersteer.core.config import ConfigError, HyperSteerConfig, TrainConfig
-from axbench_hypersteer.core.fileio import load_tensors, save_tensors
-from axbench_hypersteer.core.hypersteer import WEIGHTS_NAME, HyperSteer
-from axbench_hypersteer.pipeline.data import load_train_frame
-from axbench_hypersteer.pipeline.steering_loss import example_losses
-from axbench_hypersteer.pipeline.trainer import Trainer
+from axbench_hypersteer.model.collate import SteeringCollator
+from axbench_hypersteer.model.config import ConfigError, HyperSteerConfig, TrainConfig
+from axbench_hypersteer.model.fileio import load_tensors, save_tensors
+from axbench_hypersteer.model.hypersteer import WEIGHTS_NAME, HyperSteer
+from axbench_hypersteer.stages.data import load_train_frame
+from axbench_hypersteer.stages.steering_loss import example_losses
+from axbench_hypersteer.train.trainer import Trainer
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2, redraw_matrices_
 
 STEPS, BATCH, HELDOUT = 20, 4, 16

@@ -1,4 +1,4 @@
-"""The analytic FLOPs model (core/flops.py): hand-computed integers on a toy config,
+"""The analytic FLOPs model (benchmarks/flops.py): hand-computed integers on a toy config,
 exact agreement with torch's FlopCounterMode on real training steps, the relations the benchmarks
 rely on, and a smoke run of the GPU benchmark on CPU."""
 
@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from axbench_hypersteer.core.config import HyperSteerConfig
-from axbench_hypersteer.core.flops import (HypernetShapes, LMShapes, PerConceptAssumptions,
+from axbench_hypersteer.model.config import HyperSteerConfig
+from benchmarks.flops import (HypernetShapes, LMShapes, PerConceptAssumptions,
                                            base_forward, flops_per_concept_table, gemma2_2b_shapes,
                                            new_concept_vector_flops, per_concept_vector_flops,
                                            training_step_flops)
-from axbench_hypersteer.core.hypersteer import HyperSteer
-from axbench_hypersteer.core.steering import SteeringSource, steering_hook
+from axbench_hypersteer.model.hypersteer import HyperSteer
+from axbench_hypersteer.model.steering import SteeringSource, steering_hook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,6 +244,6 @@ def test_gpu_benchmark_smoke_on_cpu():
 def test_docstring_example():
     import doctest
 
-    from axbench_hypersteer.core import flops
+    from benchmarks import flops
 
     assert doctest.testmod(flops).failed == 0

@@ -23,15 +23,15 @@ import torch
 from safetensors.torch import load_file
 
 from axbench_hypersteer import cli
-from axbench_hypersteer.core.config import ConfigError, TrainConfig
-from axbench_hypersteer.core.fileio import save_tensors
-from axbench_hypersteer.core.hypersteer import HyperSteer
-from axbench_hypersteer.core.loading import load_base
-from axbench_hypersteer.pipeline.checkpointing import SHARDS, list_checkpoints
-from axbench_hypersteer.pipeline.data import load_train_frame
-from axbench_hypersteer.pipeline.optimizers import build_optimizer
-from axbench_hypersteer.pipeline.planner import base_config, plan
-from axbench_hypersteer.pipeline.trainer import Trainer
+from axbench_hypersteer.model.config import ConfigError, TrainConfig
+from axbench_hypersteer.model.fileio import save_tensors
+from axbench_hypersteer.model.hypersteer import HyperSteer
+from axbench_hypersteer.model.loading import load_base
+from axbench_hypersteer.train.checkpointing import SHARDS, list_checkpoints
+from axbench_hypersteer.stages.data import load_train_frame
+from axbench_hypersteer.train.optimizers import build_optimizer
+from axbench_hypersteer.train.planner import base_config, plan
+from axbench_hypersteer.train.trainer import Trainer
 from axbench_hypersteer.testing.tiny import save_tiny
 
 from fsdp_helpers import WIDTH, fsdp_train_cfg, make_wide_hs, wide_base, wide_hs_config
@@ -284,7 +284,7 @@ def test_adamw8bit_without_torchao_names_the_extra(monkeypatch):
 
 
 def test_resuming_under_the_other_strategy_says_which(tokenizer, concept10_dir, tmp_path):
-    from axbench_hypersteer.pipeline.checkpointing import commit_checkpoint, stage_checkpoint
+    from axbench_hypersteer.train.checkpointing import commit_checkpoint, stage_checkpoint
     from trainer_helpers import make_hs, tiny_base
 
     root = tmp_path / "checkpoints"

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from axbench_hypersteer.core.config import HyperSteerConfig
-from axbench_hypersteer.core.generation import SteerRow, row_vectors, steer_rows
-from axbench_hypersteer.core.hypersteer import HyperSteer
+from axbench_hypersteer.model.config import HyperSteerConfig
+from axbench_hypersteer.model.generation import SteerRow, row_vectors, steer_rows
+from axbench_hypersteer.model.hypersteer import HyperSteer
 
 PROMPTS = ["Write a short poem.", "Describe your ideal morning routine in detail please."]
 CONCEPTS = ["references to the ocean", "mentions of cooking and kitchen tools"]
@@ -52,7 +52,7 @@ def test_steer_rows_matches_vectors_computed_inside_generate(hs):
 
 def test_perplexity_in_row_chunks_equals_one_pass(tiny_model, tokenizer, monkeypatch):
     """The perplexity pass splits rows to bound its logits; chunking changes no value."""
-    from axbench_hypersteer.core import generation
+    from axbench_hypersteer.model import generation
 
     hs = HyperSteer.from_base(tiny_model, tokenizer, HyperSteerConfig(
         variant="nocontext", steering_layer=2, num_blocks=2)).eval()

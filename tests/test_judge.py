@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from axbench_hypersteer import cli
-from axbench_hypersteer.core.config import ConfigError, JudgeConfig
+from axbench_hypersteer.model.config import ConfigError, JudgeConfig
 from axbench_hypersteer.judge import (
     JudgeCache,
     JudgeUnavailableError,
@@ -30,8 +30,8 @@ from axbench_hypersteer.judge import (
 )
 from axbench_hypersteer.judge.client import parse_retry_after
 from axbench_hypersteer.judge.prompts import detect_criterion
-from axbench_hypersteer.pipeline.common import PromptSplit, record_split
-from axbench_hypersteer.pipeline.evaluate import (EvaluateError, main, run_evaluate,
+from axbench_hypersteer.stages.common import PromptSplit, record_split
+from axbench_hypersteer.stages.evaluate import (EvaluateError, main, run_evaluate,
                                                   split_by_input_id)
 from judge_server import (
     FaultJudgeServer,
@@ -415,7 +415,7 @@ def test_failed_judgements_are_counted_in_the_summary_and_the_report(tmp_path):
     """Failed judgements are scored 0 (as in AxBench) and the run exits 0, so they must be
     visible: the evaluate summary and report.md give the count per method and split and say
     that re-running evaluate re-judges them."""
-    from axbench_hypersteer.pipeline.report import write_report
+    from axbench_hypersteer.stages.report import write_report
 
     write_steering_data(tmp_path)
     bad = generation("HyperSteer", 0, 1, 0.5)  # a steering row (input 1): 3 criteria fail

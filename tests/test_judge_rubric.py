@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from axbench_hypersteer.core.config import ConfigError
-from axbench_hypersteer.pipeline.evaluate import run_evaluate
+from axbench_hypersteer.model.config import ConfigError
+from axbench_hypersteer.stages.evaluate import run_evaluate
 from axbench_hypersteer.judge import load_templates
 from axbench_hypersteer.judge.prompts import AXBENCH_TEMPLATE_NAMES, resolve_rubric
-from axbench_hypersteer.pipeline.report import rubric_note, rubrics_used
+from axbench_hypersteer.stages.report import rubric_note, rubrics_used
 from judge_server import FaultJudgeServer, by_criterion
 from test_judge import fake_key, judge_config, read_jsonl, write_steering_data  # noqa: F401
 

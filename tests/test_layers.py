@@ -3,14 +3,14 @@ layers below it.
 
     cli.py, */__main__.py        top: entry points; parse arguments, catch user errors
     axbench/  experiments/       AxBench adapter; paper experiments
-    serve/                       the OpenAI-compatible server, vector export
-    pipeline/                    data, splits, stages, trainer, report, demo
-    judge/                       the LLM judge client
-    core/     testing/           the model; tiny test models (testing imports nothing of the package)
+    demo/     serve/             the built-in demo; the OpenAI-compatible server, vector export
+    stages/                      AxBench files, splits, run config, the stages, report, plots
+    train/    judge/             the training loop; the LLM judge client
+    model/    testing/           the model; tiny test models (testing imports nothing of the package)
 
 Two checks, because each misses what the other sees: a static scan of every import statement
 (also the ones inside functions, which run only on some code paths), and a fresh interpreter that
-imports all of ``core`` and loads a model, then lists what actually got imported.
+imports all of ``model`` and loads a model, then lists what actually got imported.
 """
 
 from __future__ import annotations
@@ -28,19 +28,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "axbench_hypersteer"
 # What each layer may import from the package, besides itself and the package root (__version__).
 ALLOWED = {
     "testing": set(),
-    "core": {"testing"},
-    "judge": {"core"},
-    "pipeline": {"core", "judge", "testing"},
-    "axbench": {"core", "pipeline"},
-    "experiments": {"core", "judge", "pipeline", "testing"},
-    "serve": {"core", "pipeline"},
+    "model": {"testing"},
+    "judge": {"model"},
+    "train": {"model", "testing"},
+    "stages": {"model", "judge", "train", "testing"},
+    "demo": {"model", "judge", "train", "stages", "testing"},
+    "serve": {"model", "stages"},
+    "axbench": {"model", "train", "stages"},
+    "experiments": {"model", "judge", "train", "stages", "testing"},
 }
-# Third-party packages of the layers above core that core must not pull in.
-NOT_IN_CORE = ("pandas", "pyarrow", "matplotlib", "openai")
+# Third-party packages of the layers above the model that the model must not pull in.
+NOT_IN_MODEL = ("pandas", "pyarrow", "matplotlib", "openai")
 
 
 def _layer(module: str) -> str | None:
-    """``axbench_hypersteer.core.config`` -> ``core``; the package root itself -> None."""
+    """``axbench_hypersteer.model.config`` -> ``model``; the package root itself -> None."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else None
 
@@ -79,27 +81,27 @@ def test_no_layer_imports_from_a_layer_above_it():
 
 
 def test_the_scan_sees_a_violation(tmp_path, monkeypatch):
-    """The scan itself can fail: a core module importing the pipeline (even lazily) is reported."""
+    """The scan itself can fail: a model module importing a stage (even lazily) is reported."""
     fake = tmp_path / "axbench_hypersteer"
-    (fake / "core").mkdir(parents=True)
-    (fake / "core" / "bad.py").write_text(
-        "def f():\n    from ..pipeline.data import load_metadata\n    from .config import X\n"
+    (fake / "model").mkdir(parents=True)
+    (fake / "model" / "bad.py").write_text(
+        "def f():\n    from ..stages.data import load_metadata\n    from .config import X\n"
         "from axbench_hypersteer import __version__, judge\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert layer_violations() == [
-        "axbench_hypersteer/core/bad.py:2: core/ imports axbench_hypersteer.pipeline.data",
-        "axbench_hypersteer/core/bad.py:4: core/ imports axbench_hypersteer.judge"]
+        "axbench_hypersteer/model/bad.py:2: model/ imports axbench_hypersteer.stages.data",
+        "axbench_hypersteer/model/bad.py:4: model/ imports axbench_hypersteer.judge"]
 
 
-def test_importing_core_and_loading_a_model_pulls_in_nothing_above_it():
+def test_importing_the_model_and_loading_it_pulls_in_nothing_above_it():
     code = (
         "import importlib, json, pkgutil, sys\n"
-        "import axbench_hypersteer.core as core\n"
-        "for m in pkgutil.walk_packages(core.__path__, 'axbench_hypersteer.core.'):\n"
+        "import axbench_hypersteer.model as model_pkg\n"
+        "for m in pkgutil.walk_packages(model_pkg.__path__, 'axbench_hypersteer.model.'):\n"
         "    importlib.import_module(m.name)\n"
-        "from axbench_hypersteer.core.loading import load_base\n"
-        "from axbench_hypersteer.core.hypersteer import HyperSteer\n"
-        "from axbench_hypersteer.core.config import HyperSteerConfig\n"
+        "from axbench_hypersteer.model.loading import load_base\n"
+        "from axbench_hypersteer.model.hypersteer import HyperSteer\n"
+        "from axbench_hypersteer.model.config import HyperSteerConfig\n"
         "model, tok = load_base('tiny')\n"
         "HyperSteer.from_base(model, tok, HyperSteerConfig(steering_layer=1, num_blocks=1))\n"
         "print(json.dumps(sorted(sys.modules)))\n"
@@ -108,8 +110,8 @@ def test_importing_core_and_loading_a_model_pulls_in_nothing_above_it():
                          cwd=PACKAGE.parent, check=True).stdout
     modules = json.loads(out.strip().splitlines()[-1])
     above = [m for m in modules if m.startswith("axbench_hypersteer.")
-             and _layer(m) not in ("core", "testing")]
-    heavy = [m for m in modules if m.split(".")[0] in NOT_IN_CORE]
+             and _layer(m) not in ("model", "testing")]
+    heavy = [m for m in modules if m.split(".")[0] in NOT_IN_MODEL]
     assert above == [] and heavy == []
 
 
@@ -117,3 +119,34 @@ def test_importing_core_and_loading_a_model_pulls_in_nothing_above_it():
 def test_every_layer_is_a_folder_with_a_docstring(layer):
     init = PACKAGE / layer / "__init__.py"
     assert init.is_file() and ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+
+
+def _layout_block() -> str:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Layout"):]
+    return section[section.index("```") + 3: section.index("```", section.index("```") + 3)]
+
+
+def test_the_readme_layout_names_every_module():
+    """A module missing from the diagram is a module a newcomer will not find."""
+    named: set[str] = set()  # "folder/module.py" for every module the diagram names
+    folder = None
+    for line in _layout_block().splitlines():
+        words = [w.strip(":,()") for w in line.split()]
+        if not words or set(line.strip()) <= {"─"}:
+            continue
+        if not line.startswith("   ") and words[0].endswith("/"):
+            folder = words[0]  # a row of the diagram; indented lines continue it
+        for word in words:
+            if "/" in word and word.endswith(".py"):
+                named.add(word)  # an entry point named with its folder
+            elif folder and word.endswith((".py", ".html")):
+                named.add(folder + word)
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if path.name == "__init__.py" or len(rel.parts) == 1:
+            continue  # the package root's cli.py/__init__.py head the diagram
+        if str(rel) not in named:
+            missing.append(str(rel))
+    assert missing == []

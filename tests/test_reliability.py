@@ -25,13 +25,13 @@ import torch
 import yaml
 
 from axbench_hypersteer import cli
-from axbench_hypersteer.core import fileio
-from axbench_hypersteer.core.config import ConfigError, HyperSteerConfig
-from axbench_hypersteer.core.fileio import UnsafeFileError, load_tensors
-from axbench_hypersteer.core.hypersteer import HyperSteer
-from axbench_hypersteer.core.loading import load_base
-from axbench_hypersteer.pipeline import inference_stage as stage
-from axbench_hypersteer.pipeline.run_config import load_run_config
+from axbench_hypersteer.model import fileio
+from axbench_hypersteer.model.config import ConfigError, HyperSteerConfig
+from axbench_hypersteer.model.fileio import UnsafeFileError, load_tensors
+from axbench_hypersteer.model.hypersteer import HyperSteer
+from axbench_hypersteer.model.loading import load_base
+from axbench_hypersteer.stages import inference_stage as stage
+from axbench_hypersteer.stages.run_config import load_run_config
 from pipeline_fixture import METHOD, N_CONCEPTS, one_torch_thread, pipeline  # noqa: F401 (fixtures)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "axbench_hypersteer"
@@ -46,7 +46,7 @@ KILLABLE_CLI = r"""
 import os, runpy, sys, time
 import torch
 torch.set_num_threads(int(os.environ["HS_TEST_THREADS"]))
-import axbench_hypersteer.pipeline.inference_stage as stage
+import axbench_hypersteer.stages.inference_stage as stage
 stage.CONCEPTS_PER_CALL = 1
 real_write = stage._write_parquet
 parts = []
@@ -268,7 +268,7 @@ def test_inference_merge_failure_keeps_previous_steering_data(tmp_path, monkeypa
 
 
 def test_report_failure_keeps_previous_report(tmp_path, monkeypatch):
-    from axbench_hypersteer.pipeline.report import write_report
+    from axbench_hypersteer.stages.report import write_report
 
     ratings = {"lm_judge_rating": [0.5, 1.0], "relevance_concept_ratings": [1.0, 1.0],
                "relevance_instruction_ratings": [1.0, 1.0], "fluency_ratings": [1.0, 1.0],

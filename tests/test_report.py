@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from axbench_hypersteer import cli
-from axbench_hypersteer.pipeline import report
-from axbench_hypersteer.pipeline.report import ReportError
+from axbench_hypersteer.stages import report
+from axbench_hypersteer.stages.report import ReportError
 
 FACTORS = [0.5, 1.0, 2.0, 4.0]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,7 @@ import torch
 gguf = pytest.importorskip("gguf", reason="the serve extra is not installed (pip install -e .[serve])")
 
 from axbench_hypersteer import cli  # noqa: E402
-from axbench_hypersteer.core.fileio import load_tensors  # noqa: E402
+from axbench_hypersteer.model.fileio import load_tensors  # noqa: E402
 from axbench_hypersteer.serve.loading import load_hypersteer  # noqa: E402
 from serve_helpers import CONCEPTS, write_hypernet  # noqa: E402
 

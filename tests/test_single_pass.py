@@ -12,10 +12,10 @@ must produce the same tokens.
 import pytest
 import torch
 
-from axbench_hypersteer.core.collate import SteeringCollator
-from axbench_hypersteer.core.config import HyperSteerConfig
-from axbench_hypersteer.core.hypersteer import HyperSteer
-from axbench_hypersteer.core.steering import SteeringSource, steering_hook
+from axbench_hypersteer.model.collate import SteeringCollator
+from axbench_hypersteer.model.config import HyperSteerConfig
+from axbench_hypersteer.model.hypersteer import HyperSteer
+from axbench_hypersteer.model.steering import SteeringSource, steering_hook
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 
 from helpers import perturb_, positions

@@ -6,9 +6,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from axbench_hypersteer.core.errors import DataError
-from axbench_hypersteer.pipeline.data import load_metadata, load_train_frame
-from axbench_hypersteer.pipeline.splits import (load_eval_concepts, main, make_split,
+from axbench_hypersteer.model.errors import DataError
+from axbench_hypersteer.stages.data import load_metadata, load_train_frame
+from axbench_hypersteer.stages.splits import (load_eval_concepts, main, make_split,
                                                 normalise_concept)
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from axbench_hypersteer import cli
-from axbench_hypersteer.pipeline import common
-from axbench_hypersteer.pipeline.report import summarize
+from axbench_hypersteer.stages import common
+from axbench_hypersteer.stages.report import summarize
 
 from pipeline_fixture import METHOD, shared_pipeline
 

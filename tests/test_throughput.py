@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from axbench_hypersteer.core.config import ConfigError, HyperSteerConfig
-from axbench_hypersteer.core.hypersteer import HyperSteer
-from axbench_hypersteer.pipeline.batching import bucketed_batches, pad_fraction, plain_batches
-from axbench_hypersteer.pipeline.data import load_train_frame
-from axbench_hypersteer.pipeline.trainer import Trainer
+from axbench_hypersteer.model.config import ConfigError, HyperSteerConfig
+from axbench_hypersteer.model.hypersteer import HyperSteer
+from axbench_hypersteer.train.batching import bucketed_batches, pad_fraction, plain_batches
+from axbench_hypersteer.stages.data import load_train_frame
+from axbench_hypersteer.train.trainer import Trainer
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 
 from trainer_helpers import INIT_RANGE, hypernet_state, train_cfg

@@ -17,13 +17,13 @@ import torch
 from safetensors.torch import load_file
 
 from axbench_hypersteer import cli
-from axbench_hypersteer.core.errors import DataError
-from axbench_hypersteer.core.fileio import UnsafeFileError, save_tensors
-from axbench_hypersteer.pipeline import train_stage
-from axbench_hypersteer.pipeline.checkpointing import list_checkpoints
-from axbench_hypersteer.pipeline.data import load_train_frame
-from axbench_hypersteer.pipeline.run_config import load_run_config
-from axbench_hypersteer.pipeline.trainer import (Trainer, load_reconstruction_targets,
+from axbench_hypersteer.model.errors import DataError
+from axbench_hypersteer.model.fileio import UnsafeFileError, save_tensors
+from axbench_hypersteer.stages import train_stage
+from axbench_hypersteer.train.checkpointing import list_checkpoints
+from axbench_hypersteer.stages.data import load_train_frame
+from axbench_hypersteer.stages.run_config import load_run_config
+from axbench_hypersteer.train.trainer import (Trainer, load_reconstruction_targets,
                                                  reconstruction_loss)
 from axbench_hypersteer.testing.tiny import save_tiny
 
@@ -126,7 +126,7 @@ def test_resume_in_process_matches_uninterrupted(tokenizer, concept10_dir, tmp_p
     out = copy_with("corrupt", {"step_00000005", "step_00000010"})
     weights = out / "checkpoints" / "step_00000010" / "hypernet.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="axbench_hypersteer.pipeline.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="axbench_hypersteer.train.checkpointing"):
         hs, result = resume(out)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("step_00000010" in w and "skipping" in w for w in warnings), warnings
@@ -147,7 +147,7 @@ def test_fresh_start_discards_an_earlier_runs_checkpoints(tokenizer, concept10_d
 
     make(6).train()
     assert [p.name[-1] for p in list_checkpoints(tmp_path / "checkpoints")] == ["2", "4", "6"]
-    with caplog.at_level(logging.WARNING, logger="axbench_hypersteer.pipeline.trainer"):
+    with caplog.at_level(logging.WARNING, logger="axbench_hypersteer.train.trainer"):
         make(2).train(resume=False)
     assert "removing the checkpoints of an earlier run" in caplog.text
     # Without the clean-up, rotation would have kept the stale step 4 and 6 for a resume.

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 import yaml
 
-from axbench_hypersteer.core.config import HyperSteerConfig, TrainConfig
-from axbench_hypersteer.core.hypersteer import HyperSteer
+from axbench_hypersteer.model.config import HyperSteerConfig, TrainConfig
+from axbench_hypersteer.model.hypersteer import HyperSteer
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 
 REPO = Path(__file__).resolve().parents[1]

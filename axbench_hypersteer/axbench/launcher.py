@@ -67,12 +67,12 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from ..core.config import ConfigError
-from ..core.errors import MissingFileError
-from ..core.fileio import atomic_write_text
-from ..core.hypersteer import CONFIG_NAME
-from ..pipeline import train_stage
-from ..pipeline.run_config import (RunConfig, canonical_method, is_hypersteer_method,
+from ..model.config import ConfigError
+from ..model.errors import MissingFileError
+from ..model.fileio import atomic_write_text
+from ..model.hypersteer import CONFIG_NAME
+from ..stages import train_stage
+from ..stages.run_config import (RunConfig, canonical_method, is_hypersteer_method,
                                    load_run_config)
 from . import models as models_mod
 from .registry import NAMES, import_axbench, register

@@ -38,13 +38,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..core.config import ConfigError
-from ..core.errors import MissingFileError
-from ..core.fileio import read_json
-from ..core.generation import SteerRow, steer_rows
-from ..core.hypersteer import CONFIG_NAME, WEIGHTS_NAME, HyperSteer
-from ..pipeline import common, train_stage
-from ..pipeline.run_config import MethodSpec, RunConfig, load_run_config
+from ..model.config import ConfigError
+from ..model.errors import MissingFileError
+from ..model.fileio import read_json
+from ..model.generation import SteerRow, steer_rows
+from ..model.hypersteer import CONFIG_NAME, WEIGHTS_NAME, HyperSteer
+from ..stages import common, train_stage
+from ..stages.run_config import MethodSpec, RunConfig, load_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ def check_no_eval_concepts(run: RunConfig, data_dir: str | Path) -> None:
     evaluation concept, naming the command that writes a held-out copy."""
     if not run.eval_concepts:
         return
-    from ..pipeline.data import generate_dir, load_metadata, normalise_concept
-    from ..pipeline.splits import load_eval_concepts
+    from ..stages.data import generate_dir, load_metadata, normalise_concept
+    from ..stages.splits import load_eval_concepts
 
     meta = load_metadata(generate_dir(data_dir) / "metadata.jsonl")
     evals = {normalise_concept(c) for c in load_eval_concepts(run.eval_concepts, meta)}
@@ -152,7 +152,7 @@ def check_no_eval_concepts(run: RunConfig, data_dir: str | Path) -> None:
         raise ConfigError(
             f"{run.path}: held-out run, but {len(leaked)} evaluation concept(s) of "
             f"{run.eval_concepts} are in the training data {data_dir} (e.g. {leaked[0]!r}); "
-            f"write a held-out copy first: python -m axbench_hypersteer.pipeline.splits --data_dir "
+            f"write a held-out copy first: python -m axbench_hypersteer.stages.splits --data_dir "
             f"{data_dir} --eval_concepts {run.eval_concepts} --mode heldout --out_dir <dir>, "
             "then train on <dir> (--overwrite_data_dir <dir>/generate)")
 

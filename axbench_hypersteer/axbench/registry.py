@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 import types
 
-from ..core.errors import HyperSteerError
-from ..pipeline.run_config import METHOD_ALIASES
+from ..model.errors import HyperSteerError
+from ..stages.run_config import METHOD_ALIASES
 from .models import HyperSteerInContext, HyperSteerNoContext, HyperSteerXAttn
 
 INSTALL_HINT = (

@@ -49,14 +49,14 @@ import pandas as pd
 import torch
 import yaml
 
-from ..core.collate import SteeringCollator
-from ..core.config import ConfigError, TrainConfig
-from ..core.fileio import atomic_write_text, save_tensors
-from ..core.steering import residual_after
-from ..pipeline.common import add_progress_flags
-from ..pipeline.plots import new_figure, save_figure
-from ..pipeline.data import load_train_frame
-from ..pipeline.run_config import (METHOD_VARIANTS, canonical_method, is_hypersteer_method,
+from ..model.collate import SteeringCollator
+from ..model.config import ConfigError, TrainConfig
+from ..model.fileio import atomic_write_text, save_tensors
+from ..model.steering import residual_after
+from ..stages.common import add_progress_flags
+from ..stages.plots import new_figure, save_figure
+from ..stages.data import load_train_frame
+from ..stages.run_config import (METHOD_VARIANTS, canonical_method, is_hypersteer_method,
                                    load_run_config)
 from .common import (_prompt_fits, autocast_for, example_losses, judge_scores, judge_session,
                      limit_metadata, load_base_for, loss_summary, mean_pm,

@@ -28,15 +28,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..core.collate import format_prompt
-from ..core.config import ConfigError
-from ..core.fileio import atomic_write_json, save_tensors
-from ..pipeline.common import add_progress_flags
-from ..pipeline.plots import new_figure, save_figure
-from ..pipeline.data import load_metadata
-from ..pipeline.inference_stage import load_prompts
-from ..pipeline.run_config import canonical_method, load_run_config
-from ..pipeline.common import is_trained
+from ..model.collate import format_prompt
+from ..model.config import ConfigError
+from ..model.fileio import atomic_write_json, save_tensors
+from ..stages.common import add_progress_flags
+from ..stages.plots import new_figure, save_figure
+from ..stages.data import load_metadata
+from ..stages.inference_stage import load_prompts
+from ..stages.run_config import canonical_method, load_run_config
+from ..stages.common import is_trained
 from .common import load_base_for, load_trained, train_or_load
 
 logger = logging.getLogger(__name__)

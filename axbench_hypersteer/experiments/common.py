@@ -9,7 +9,7 @@ Evaluation protocol (used by ``scaling`` and ``ablations``):
 * **held-in examples** are examples of training concepts held back from training: the concept was
   seen, the (prompt, answer) pair was not (the paper's held-in setting).
 * the **steering loss** of an example is the steered base model's mean cross-entropy on its answer
-  tokens (labels from :class:`~..core.collate.SteeringCollator`, factor 1.0, the scale the
+  tokens (labels from :class:`~..model.collate.SteeringCollator`, factor 1.0, the scale the
   hypernetwork is trained at); a set's loss is the mean over concepts of the per-concept mean, with
   the std over concepts. The same examples at factor 0.0 give the unsteered base model's loss.
 
@@ -37,19 +37,19 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from ..core.collate import SteeringCollator
-from ..core.config import ConfigError, JudgeConfig
-from ..core.errors import DataError
-from ..core.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
-from ..core.hypersteer import HyperSteer
-from ..pipeline.data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept,
+from ..model.collate import SteeringCollator
+from ..model.config import ConfigError, JudgeConfig
+from ..model.errors import DataError
+from ..model.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
+from ..model.hypersteer import HyperSteer
+from ..stages.data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept,
                              read_parquet, train_parquet_files, write_parquet_like)
-from ..pipeline.run_config import MethodSpec, RunConfig
-from ..pipeline.steering_loss import EVAL_COLUMNS, example_losses  # noqa: F401
-from ..pipeline.steering_loss import prompt_fits as _prompt_fits  # noqa: F401
-from ..pipeline.common import (PromptSplit, autocast_for, is_trained,  # noqa: F401
+from ..stages.run_config import MethodSpec, RunConfig
+from ..stages.steering_loss import EVAL_COLUMNS, example_losses  # noqa: F401
+from ..stages.steering_loss import prompt_fits as _prompt_fits  # noqa: F401
+from ..stages.common import (PromptSplit, autocast_for, is_trained,  # noqa: F401
                                load_method, load_stage_base, method_dir)
-from ..pipeline.train_stage import train_method
+from ..stages.train_stage import train_method
 
 logger = logging.getLogger(__name__)
 
@@ -368,9 +368,9 @@ def judge_scores(config_path: str | Path, run: RunConfig, dump_dir: str | Path, 
     chosen per concept on ``steering``, score read on ``steering_test``. Works in
     ``dump_dir/judge_<name>/`` (its ``train`` links to the dump's). Returns per method
     ``{"mean", "std", "n_concepts"}`` of the overall (harmonic-mean) score."""
-    from ..pipeline.evaluate import MODES, run_evaluate
-    from ..pipeline.inference_stage import run_inference
-    from ..pipeline.report import summarize
+    from ..stages.evaluate import MODES, run_evaluate
+    from ..stages.inference_stage import run_inference
+    from ..stages.report import summarize
 
     eval_dump = Path(dump_dir) / f"judge_{name}"
     eval_dump.mkdir(parents=True, exist_ok=True)

@@ -34,15 +34,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.config import ConfigError
-from ..core.errors import DataError
-from ..core.fileio import save_tensors
-from ..pipeline.common import add_progress_flags
-from ..pipeline.plots import new_figure, save_figure
-from ..pipeline.data import generate_dir, load_metadata
-from ..pipeline.inference_stage import load_prompts
-from ..pipeline.run_config import canonical_method, load_run_config
-from ..pipeline.common import is_trained
+from ..model.config import ConfigError
+from ..model.errors import DataError
+from ..model.fileio import save_tensors
+from ..stages.common import add_progress_flags
+from ..stages.plots import new_figure, save_figure
+from ..stages.data import generate_dir, load_metadata
+from ..stages.inference_stage import load_prompts
+from ..stages.run_config import canonical_method, load_run_config
+from ..stages.common import is_trained
 from .common import (autocast_for, concept_colors, load_base_for, load_trained,
                      short, train_or_load, write_table)
 from .projection import block_means, cosine_matrix, pca_2d, tsne_2d

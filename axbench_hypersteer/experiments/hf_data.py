@@ -22,8 +22,8 @@ from typing import Sequence
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ..core.errors import DataError
-from ..pipeline.data import (NEGATIVE_ID, TRAIN_COLUMNS, load_metadata, load_train_frame,
+from ..model.errors import DataError
+from ..stages.data import (NEGATIVE_ID, TRAIN_COLUMNS, load_metadata, load_train_frame,
                              read_parquet)
 from .common import write_generate
 

@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.config import ConfigError
-from ..pipeline.common import add_progress_flags
-from ..pipeline.plots import new_figure, save_figure
-from ..pipeline.data import load_metadata
-from ..pipeline.run_config import load_run_config
+from ..model.config import ConfigError
+from ..stages.common import add_progress_flags
+from ..stages.plots import new_figure, save_figure
+from ..stages.data import load_metadata
+from ..stages.run_config import load_run_config
 from .common import (autocast_for, example_losses, judge_scores, judge_session, limit_metadata,
                      load_base_for, loss_summary, mean_pm, nested_subsets,
                      parse_sizes, prepare_splits, train_or_load, with_overrides,

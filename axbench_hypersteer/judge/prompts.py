@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 
-from axbench_hypersteer.core.config import ConfigError, read_yaml_mapping
+from axbench_hypersteer.model.config import ConfigError, read_yaml_mapping
 
 CRITERIA: tuple[str, ...] = ("concept", "instruction", "fluency")
 # The str.format fields each criterion's template must use (and may not go beyond).

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from axbench_hypersteer.core.fileio import atomic_write  # noqa: F401  (re-exported for evaluate)
+from axbench_hypersteer.model.fileio import atomic_write  # noqa: F401  (re-exported for evaluate)
 from axbench_hypersteer.judge.aggregate import JUDGE_EVALUATOR, parquet_columns
 
 logger = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..core.errors import HyperSteerError
-from ..core.hypersteer import HyperSteer
-from ..core.steering import SteeringSource
+from ..model.errors import HyperSteerError
+from ..model.hypersteer import HyperSteer
+from ..model.steering import SteeringSource
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import ConfigError, DataError, MissingFileError
-from ..core.fileio import read_json
-from ..core.hypersteer import CONFIG_NAME, HyperSteer
-from ..core.loading import load_base
-from ..pipeline.data import load_metadata
+from ..model.errors import ConfigError, DataError, MissingFileError
+from ..model.fileio import read_json
+from ..model.hypersteer import CONFIG_NAME, HyperSteer
+from ..model.loading import load_base
+from ..stages.data import load_metadata
 
 
 def trained_base_name(hypernet_dir: Path) -> str:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 
-from ..core.errors import HyperSteerError
+from ..model.errors import HyperSteerError
 from .engine import Cohort, Engine, Failed, Job
 
 logger = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..core.errors import ConfigError
-from ..core.fileio import atomic_write, save_tensors
-from ..core.hypersteer import HyperSteer
+from ..model.errors import ConfigError
+from ..model.fileio import atomic_write, save_tensors
+from ..model.hypersteer import HyperSteer
 from .loading import load_hypersteer, trained_base_name
 
 

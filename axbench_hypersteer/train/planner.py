@@ -19,16 +19,14 @@ context and allocator fragmentation take the rest).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..core.config import OPTIMIZERS, STRATEGIES, ConfigError, HyperSteerConfig, TrainConfig
+from ..model.config import OPTIMIZERS, STRATEGIES, ConfigError, HyperSteerConfig, TrainConfig
 from .optimizers import AO_BLOCK_SIZE, AO_MIN_QUANT_SIZE
 
 GB = 1e9
@@ -103,7 +101,7 @@ def _meta_models(base_cfg, model_cfg: HyperSteerConfig):
     pretrained, and nothing to copy from)."""
     from transformers import AutoModelForCausalLM
 
-    from ..core.hypernet import HyperNetwork
+    from ..model.hypernet import HyperNetwork
 
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(base_cfg)
@@ -214,35 +212,3 @@ def format_table(plans: list[Plan], gpus: int, gpu_mem_gb: float,
             f"{p.total / GB:7.1f}  {fits:<{len(str(gpus)) + len(f'{gpu_mem_gb:g}') + 9}}"
             f"  {n if n else 'none'}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .run_config import load_run_config
-
-    parser = argparse.ArgumentParser(prog="hypersteer plan", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="AxBench-format sweep YAML")
-    parser.add_argument("--method", default=None, help="e.g. hypersteer_xattn (default: the "
-                        "only HyperSteer method in train.models)")
-    parser.add_argument("--gpus", type=int, default=8)
-    parser.add_argument("--gpu_mem_gb", type=float, default=80.0)
-    parser.add_argument("--shard_base", action="store_true",
-                        help="plan fsdp with the frozen base model sharded too (the config's "
-                        "shard_base: true)")
-    args = parser.parse_args(argv)
-    if args.gpus < 1 or args.gpu_mem_gb <= 0:
-        raise ConfigError("--gpus must be >= 1 and --gpu_mem_gb > 0")
-    run = load_run_config(args.config)
-    spec = run.method(args.method)
-    if args.shard_base:
-        spec.train = dataclasses.replace(spec.train, strategy="fsdp", shard_base=True)
-    cfg = base_config(run.model_name)
-    spec.model.validate_for(cfg)
-    plans = plan(cfg, spec.model, spec.train, args.gpus, bf16=run.use_bf16)
-    fewest = min_gpus(cfg, spec.model, spec.train, args.gpu_mem_gb, bf16=run.use_bf16)
-    print(f"{Path(args.config).name}: {spec.name} on {run.model_name}, "
-          f"batch {spec.train.batch_size} x {spec.train.max_length} "
-          f"tokens, {'bf16' if run.use_bf16 else 'fp32'} base"
-          f"{' (sharded under fsdp)' if spec.train.shard_base else ''}; GB per GPU "
-          f"(config: strategy {spec.train.strategy}, optimizer {spec.train.optimizer})")
-    print(format_table(plans, args.gpus, args.gpu_mem_gb, fewest))
-    return 0

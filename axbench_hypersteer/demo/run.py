@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..core.fileio import atomic_write_text
-from .demo_concepts import HELD_OUT_CONCEPTS, TRAINING_CONCEPTS
-from .demo_data import COMPOSED, CONCEPT_IDS, metadata, write_demo_dataset
-from .demo_lm import ensure_demo_lm
+from ..model.fileio import atomic_write_text
+from .concepts import HELD_OUT_CONCEPTS, TRAINING_CONCEPTS
+from .data import COMPOSED, CONCEPT_IDS, metadata, write_demo_dataset
+from .lm import ensure_demo_lm
 
 METHOD = "HyperSteerXAttn"
 EVAL_METADATA = "eval_metadata.jsonl"
@@ -85,11 +85,11 @@ def concept_sets() -> dict[str, set[int]]:
 
 def judge_all(dump_dir: Path, run, progress: bool = True) -> str:
     """Judge both splits; returns how the report should name the judge."""
-    from ..core.config import JudgeConfig
+    from ..model.config import JudgeConfig
     from ..judge.embedding_rules import EmbeddingScorer
     from ..judge.offline_server import start_offline_judge, stop_offline_judge
-    from .common import PromptSplit
-    from .evaluate import run_evaluate
+    from ..stages.common import PromptSplit
+    from ..stages.evaluate import run_evaluate
 
     server, judge_config = None, run.judge
     if os.environ.get("OPENAI_API_KEY"):
@@ -114,11 +114,11 @@ def judge_all(dump_dir: Path, run, progress: bool = True) -> str:
 
 
 def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path:
-    from ..core.loading import load_base
-    from .demo_report import write_demo_report
-    from .inference_stage import run_inference
-    from .run_config import load_run_config
-    from .train_stage import train_method
+    from ..model.loading import load_base
+    from .report import write_demo_report
+    from ..stages.inference_stage import run_inference
+    from ..stages.run_config import load_run_config
+    from ..stages.train_stage import train_method
 
     # Models this small gain nothing from intra-op threads, and on a busy 2-core machine two
     # threads mostly wait on each other (several times slower); the judge server's request
@@ -163,7 +163,7 @@ def print_examples(dump_dir: Path, method: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .common import add_progress_flags
+    from ..stages.common import add_progress_flags
 
     parser = argparse.ArgumentParser(prog="hypersteer demo", description=__doc__.split("\n")[0])
     parser.add_argument("--dump_dir", default="dumps/demo")

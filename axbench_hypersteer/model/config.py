@@ -10,7 +10,7 @@ slots, targets required by the reconstruction objective) stay hand-written, and 
 one-line ``where.key: ...`` messages needs a translator of its errors about as long as what it
 removes. Its lax mode would accept ``batch_size: "8"``, its strict mode a YAML ``1`` for a float
 only with per-field settings, and PyYAML's ``lr: 1e-4`` string still needs a hook. It would also
-add a dependency to ``core``, which installs with torch and transformers alone.
+add a dependency to ``model``, which installs with torch and transformers alone.
 """
 
 from __future__ import annotations

@@ -24,14 +24,14 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from ..core.collate import SteeringCollator
-from ..core.config import TrainConfig
-from ..core.fileio import load_tensors
-from ..core.hypersteer import HyperSteer
-from ..core.prefix_cache import FrozenPrefixCache, cached_blocks
+from ..model.collate import SteeringCollator
+from ..model.config import TrainConfig
+from ..model.fileio import load_tensors
+from ..model.hypersteer import HyperSteer
+from .prefix_cache import FrozenPrefixCache, cached_blocks
 from .batching import bucketed_batches, pad_fraction, plain_batches
 from .checkpointing import list_checkpoints
-from .data import TrainDataset
+from .dataset import TrainDataset
 from .distributed import DistInfo, all_reduce_mean
 from .strategy import make_strategy
 
@@ -163,8 +163,8 @@ class Trainer:
 
     def _check_lengths(self, frame, what: str = "training") -> None:
         """Fail before the first step, not at step 10 000, when a prompt leaves no answer token."""
-        from ..core.collate import format_prompt
-        from ..core.errors import DataError
+        from ..model.collate import format_prompt
+        from ..model.errors import DataError
 
         tok = self.model.tokenizer
         prompts = tok([format_prompt(tok, x) for x in frame["input"]],

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-from ..core.config import ConfigError
+from ..model.config import ConfigError
 
 # torchao quantizes a moment only when the parameter has at least this many values and they
 # split into whole blocks; smaller tensors (norms, biases) keep fp32 moments.

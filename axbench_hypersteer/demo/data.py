@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .demo_concepts import (ANSWERS, CONCEPT_SENTENCES, CONCEPTS, HELD_OUT_CONCEPTS,
+from .concepts import (ANSWERS, CONCEPT_SENTENCES, CONCEPTS, HELD_OUT_CONCEPTS,
                             TOPIC_REQUESTS, TRAINING_CONCEPTS, TRAINING_INSTRUCTIONS,
                             composed_concepts)
-from ..core.fileio import atomic_write, atomic_write_text
+from ..model.fileio import atomic_write, atomic_write_text
 
 HELD_OUT_METADATA = "heldout_metadata.jsonl"
 # 32 hand-written + 480 composed training concepts: Concept500's size. Each composed concept

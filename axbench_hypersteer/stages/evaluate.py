@@ -22,8 +22,8 @@ from typing import Any, Protocol, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from axbench_hypersteer.core.config import JudgeConfig
-from axbench_hypersteer.core.errors import HyperSteerError
+from axbench_hypersteer.model.config import JudgeConfig
+from axbench_hypersteer.model.errors import HyperSteerError
 from axbench_hypersteer.judge.aggregate import (
     JUDGE_EVALUATOR, PPL_EVALUATOR, RowJudgements, is_complete, lm_judge_metrics,
     perplexity_metrics)
@@ -32,7 +32,7 @@ from axbench_hypersteer.judge.client import Judgement, JudgeStats, LLMJudge
 from axbench_hypersteer.judge.prompts import RUBRICS, Rubric, build_prompt, resolve_rubric
 from axbench_hypersteer.judge.records import (
     append_record, load_records, rewrite_records, write_data_parquet)
-from axbench_hypersteer.pipeline.common import MODES, PromptSplit, add_progress_flags, check_split
+from axbench_hypersteer.stages.common import MODES, PromptSplit, add_progress_flags, check_split
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ``evaluate.models``, else every ``*_steered_generation`` column of the inference output."""
     import argparse
 
-    from axbench_hypersteer.pipeline.run_config import (canonical_method, is_hypersteer_method,
+    from axbench_hypersteer.stages.run_config import (canonical_method, is_hypersteer_method,
                                                         load_run_config)
 
     parser = argparse.ArgumentParser(prog="hypersteer evaluate",

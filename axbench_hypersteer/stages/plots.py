@@ -3,7 +3,7 @@
 They are drawn on a bare ``Figure`` with an Agg canvas rather than through ``pyplot``: the report runs
 on headless machines and inside tests, and pyplot's global figure registry would leak figures (and
 need a display backend) there. The functions take already-aggregated data so that they stay free of
-the AxBench file format, which lives in :mod:`axbench_hypersteer.pipeline.report`.
+the AxBench file format, which lives in :mod:`axbench_hypersteer.stages.report`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..core.fileio import atomic_write
+from ..model.fileio import atomic_write
 
 CRITERIA_BARS = (("concept", "Concept"), ("instruction", "Instruction"),
                  ("fluency", "Fluency"), ("overall", "Overall"))

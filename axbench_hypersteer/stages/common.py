@@ -1,7 +1,7 @@
 """What the stages share, in one place: the prompt split, loading the base model, and loading a
 trained method from a dump.
 
-Each stage imports this module and ``core``, never another stage, so a stage can change without
+Each stage imports this module and ``model``, never another stage, so a stage can change without
 silently changing its neighbours (the split used to be computed three ways: inference from the
 config, evaluate from the ids present, steering-loss from the example count).
 """
@@ -17,11 +17,11 @@ from typing import Sequence
 
 import torch
 
-from ..core.config import InferenceConfig
-from ..core.errors import ConfigError, DataError
-from ..core.fileio import atomic_write_json, read_json
-from ..core.hypersteer import CONFIG_NAME, HyperSteer
-from ..core.loading import load_base
+from ..model.config import InferenceConfig
+from ..model.errors import ConfigError, DataError
+from ..model.fileio import atomic_write_json, read_json
+from ..model.hypersteer import CONFIG_NAME, HyperSteer
+from ..model.loading import load_base
 from .data import load_metadata
 from .run_config import RunConfig, is_hypersteer_method
 

@@ -40,7 +40,7 @@ Everything is an exact integer function of a transformers config, so tests can c
 tests/test_flops.py also checks it against torch's FlopCounterMode on real training steps (equal
 to the FLOP, RoPE's outer product aside).
 
-    >>> from axbench_hypersteer.core.flops import *
+    >>> from benchmarks.flops import *
     >>> g = gemma2_2b_shapes()
     >>> step = training_step_flops(g, HypernetShapes(22), steering_layer=20, batch_size=12,
     ...                            tokens=160, steering_tokens=16)

@@ -28,8 +28,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .config import ConfigError
-from .steering import decoder_layers
+from ..model.config import ConfigError
+from ..model.steering import decoder_layers
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.fileio import atomic_write, atomic_write_text
-from .report import (CRITERIA, JUDGE, SELECTION_FILE, TEST_FILE, _judge_ratings, _mean_std,
+from ..model.fileio import atomic_write, atomic_write_text
+from ..stages.report import (CRITERIA, JUDGE, SELECTION_FILE, TEST_FILE, _judge_ratings, _mean_std,
                      _values, load_records, score_at_factors, select_best_factors)
 
 COLUMNS = (("Overall", "overall"), ("Concept", "concept"), ("Instruction", "instruction"),
@@ -79,7 +79,7 @@ def write_demo_report(dump_dir: str | Path, method: str, concept_sets: Mapping[s
                       judge_label: str, out_dir: str | Path | None = None) -> Path:
     """``report.md`` (table + curve), ``results.csv`` and ``score_vs_factor.png``; prints the
     table and returns the report path."""
-    from .plots import criteria_vs_factor_figure, save_figure
+    from ..stages.plots import criteria_vs_factor_figure, save_figure
 
     out = Path(out_dir or Path(dump_dir) / "report")
     rows = demo_rows(dump_dir, method, concept_sets)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..core.collate import format_prompt
-from ..core.fileio import atomic_write_json
+from ..model.collate import format_prompt
+from ..model.fileio import atomic_write_json
 from ..testing.tiny import build_tiny_gemma2, build_tiny_tokenizer, save_tiny
-from .demo_data import lm_corpus, tokenizer_texts
+from .data import lm_corpus, tokenizer_texts
 
 SUMMARY_FILE = "demo_lm_summary.json"
 

@@ -1,8 +1,8 @@
 """Rows of text to the tensors of one steered training batch.
 
 The model's side of the data: what a row of (concept, instruction, answer) becomes for
-:class:`~axbench_hypersteer.core.hypersteer.HyperSteer`. Reading AxBench's files into such rows is
-the pipeline's job (:mod:`axbench_hypersteer.pipeline.data`).
+:class:`~axbench_hypersteer.model.hypersteer.HyperSteer`. Reading AxBench's files into such rows is
+the pipeline's job (:mod:`axbench_hypersteer.stages.data`).
 """
 
 from __future__ import annotations

@@ -18,17 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pandas as pd
-from torch.utils.data import Dataset
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-from ..core.errors import DataError
-from ..core.fileio import atomic_write
+from ..model.errors import DataError
+from ..model.fileio import atomic_write
 
 METADATA_FIELDS = ("concept_id", "concept", "ref", "concept_genres_map")
 TRAIN_COLUMNS = ("input", "output", "output_concept", "category", "concept_id")
-FRAME_COLUMNS = ("concept_id", "concept", "input", "output")
 NEGATIVE_ID = -1  # AxBench's shared negative pool (output_concept "EEEEE")
 
 
@@ -227,23 +225,3 @@ def shuffle_examples(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Shuffle rows of all concepts together (batches then mix concepts, as in HyperSteer);
     the same seed gives the same order on every machine."""
     return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-
-
-class TrainDataset(Dataset):
-    """Rows of :func:`load_train_frame` as dicts, ready for :class:`SteeringCollator`."""
-
-    def __init__(self, frame: pd.DataFrame):
-        missing = [c for c in FRAME_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataError(f"training frame: missing column(s) {missing}")
-        self.rows = [
-            {"concept_id": int(r.concept_id), "concept": r.concept, "input": r.input,
-             "output": r.output}
-            for r in frame[list(FRAME_COLUMNS)].itertuples(index=False)
-        ]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from axbench_hypersteer.core.errors import HyperSteerError
-from axbench_hypersteer.core.fileio import atomic_write, atomic_write_text
+from axbench_hypersteer.model.errors import HyperSteerError
+from axbench_hypersteer.model.fileio import atomic_write, atomic_write_text
 from axbench_hypersteer.judge.aggregate import JUDGE_EVALUATOR as JUDGE
 from axbench_hypersteer.judge.aggregate import PPL_EVALUATOR as PERPLEXITY
 from axbench_hypersteer.judge.aggregate import failed_judgements
@@ -386,7 +386,7 @@ def selection_curves(dump_dir: str | Path) -> dict[str, tuple[np.ndarray | None,
 
 def plot_score_vs_factor(dump_dir: str | Path, out_png: str | Path):
     """Save and return the Figure: one line per method, judge score vs factor on ``steering``."""
-    from axbench_hypersteer.pipeline.plots import save_figure, score_vs_factor_figure
+    from axbench_hypersteer.stages.plots import save_figure, score_vs_factor_figure
 
     fig = score_vs_factor_figure(selection_curves(dump_dir), f"{Path(dump_dir).name}: {SELECTION_FILE}")
     save_figure(fig, out_png)
@@ -395,7 +395,7 @@ def plot_score_vs_factor(dump_dir: str | Path, out_png: str | Path):
 
 def plot_criteria(dump_dir: str | Path, out_png: str | Path, summary: pd.DataFrame | None = None):
     """Save and return the Figure: grouped criteria bars per method at the selected factor."""
-    from axbench_hypersteer.pipeline.plots import criteria_figure, save_figure
+    from axbench_hypersteer.stages.plots import criteria_figure, save_figure
 
     summary = summarize(dump_dir) if summary is None else summary
     fig = criteria_figure(summary, f"{Path(dump_dir).name}: {TEST_FILE} at factor chosen on {SELECTION_FILE}")

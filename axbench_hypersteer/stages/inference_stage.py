@@ -21,11 +21,11 @@ from typing import Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..core.collate import format_prompt
-from ..core.config import InferenceConfig
-from ..core.errors import DataError
-from ..core.fileio import atomic_write, remove_interrupted_writes
-from ..core.generation import SteerRow, steer_rows
+from ..model.collate import format_prompt
+from ..model.config import InferenceConfig
+from ..model.errors import DataError
+from ..model.fileio import atomic_write, remove_interrupted_writes
+from ..model.generation import SteerRow, steer_rows
 from .common import (PromptSplit, add_progress_flags, check_split, inference_methods, load_method,
                      load_stage_base, record_split, resolve_concepts)
 from .run_config import canonical_method, load_run_config

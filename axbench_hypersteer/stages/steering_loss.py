@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.collate import IGNORE_INDEX, SteeringCollator, format_prompt
-from ..core.fileio import atomic_write_text
-from ..core.hypersteer import HyperSteer
+from ..model.collate import IGNORE_INDEX, SteeringCollator, format_prompt
+from ..model.fileio import atomic_write_text
+from ..model.hypersteer import HyperSteer
 from .common import (MODES, PromptSplit, add_progress_flags, autocast_for, inference_methods,
                      load_method, load_stage_base, resolve_concepts)
 from .data import load_train_frame

@@ -21,8 +21,8 @@ from typing import Sequence
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ..core.errors import DataError
-from ..core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from ..model.errors import DataError
+from ..model.fileio import atomic_write, atomic_write_json, atomic_write_text
 from .data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept, read_parquet,
                    train_parquet_files, write_parquet_like)
 

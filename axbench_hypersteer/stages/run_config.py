@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import (ConfigError, HyperSteerConfig, InferenceConfig, JudgeConfig,
+from ..model.config import (ConfigError, HyperSteerConfig, InferenceConfig, JudgeConfig,
                            TrainConfig, read_yaml_mapping)
 
 # AxBench method name -> variant. Class names are the artifact keys; the snake_case aliases are

@@ -23,9 +23,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..core.config import ConfigError, TrainConfig
-from ..core.fileio import load_tensors
-from ..core.hypernet import check_architecture
+from ..model.config import ConfigError, TrainConfig
+from ..model.fileio import load_tensors
+from ..model.hypernet import check_architecture
 from .checkpointing import (SHARDS, WEIGHTS, commit_checkpoint, latest_checkpoint,
                             load_trainer_state, save_checkpoint, stage_checkpoint)
 from .distributed import DistInfo

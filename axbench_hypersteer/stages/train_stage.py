@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ..core.config import ConfigError
-from ..core.fileio import atomic_write_json, atomic_write_text
-from ..core.hypersteer import HyperSteer
+from ..model.config import ConfigError
+from ..model.fileio import atomic_write_json, atomic_write_text
+from ..model.hypersteer import HyperSteer
 from .common import add_progress_flags, is_trained, load_stage_base, method_dir
 from .data import generate_dir, load_metadata, load_train_frame
-from .distributed import barrier, setup_distributed, teardown
+from ..train.distributed import barrier, setup_distributed, teardown
 from .run_config import MethodSpec, RunConfig, load_run_config
-from .trainer import Trainer, TrainResult
+from ..train.trainer import Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
 
