@@ -56,7 +56,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (sets the offline environment, puts the repo on sys.path)
 
-from axbench_hypersteer.model.collate import SteeringCollator, format_prompt  # noqa: E402
+from axbench_hypersteer.model.collate import SteeringCollator
+from axbench_hypersteer.model.tokens import format_prompt  # noqa: E402
 from axbench_hypersteer.model.config import HyperSteerConfig, TrainConfig  # noqa: E402
 from axbench_hypersteer.model.hypersteer import HyperSteer  # noqa: E402
 from axbench_hypersteer.model.steering import Steerer, SteeringSource  # noqa: E402

@@ -19,6 +19,7 @@ import argparse
 import torch
 
 import _common as C
+from axbench_hypersteer.model.tokens import encode_left
 
 
 def measure(name: str, tokenizer, args) -> dict[str, float]:
@@ -28,7 +29,7 @@ def measure(name: str, tokenizer, args) -> dict[str, float]:
     prompts = C.demo_prompts()[: args.batch]
     concepts = C.concept10()[0]
     steering = [concepts[i % len(concepts)] for i in range(len(prompts))]
-    ids, mask = pv._encode(pv.format_prompts(prompts), "left")
+    ids, mask = encode_left(pv.tokenizer, pv.format_prompts(prompts), pv.device)
     factors = torch.ones(len(prompts))
     gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                pad_token_id=tokenizer.pad_token_id)

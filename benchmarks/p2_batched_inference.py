@@ -31,7 +31,7 @@ AXBENCH_BATCH = 10  # AxBench's steering_batch_size in every production sweep
 
 
 def rows_for(concepts, prompts, factors, per_concept_prompts, tokenizer):
-    from axbench_hypersteer.model.collate import format_prompt
+    from axbench_hypersteer.model.tokens import format_prompt
     from axbench_hypersteer.model.generation import SteerRow
 
     by_concept = []

@@ -135,7 +135,7 @@ def run_official(root: Path, args) -> dict:
     import torch.utils.data as tud
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axbench_hypersteer.model.collate import format_prompt
+    from axbench_hypersteer.model.tokens import format_prompt
     from axbench_hypersteer.testing.tiny import build_tiny_tokenizer, save_tiny
 
     official_cls, get_prefix_length = import_official(root)

@@ -29,7 +29,7 @@ from axbench_hypersteer.axbench import launcher, registry
 from axbench_hypersteer.axbench import models as ax_models
 from axbench_hypersteer.axbench.models import (HyperSteerInContext, HyperSteerNoContext,
                                                HyperSteerXAttn)
-from axbench_hypersteer.model.collate import format_prompt
+from axbench_hypersteer.model.tokens import format_prompt
 from axbench_hypersteer.model.config import ConfigError
 from axbench_hypersteer.model.hypersteer import HyperSteer
 from axbench_hypersteer.stages import train_stage

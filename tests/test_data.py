@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from axbench_hypersteer.model.collate import SteeringCollator, format_prompt
+from axbench_hypersteer.model.collate import SteeringCollator
+from axbench_hypersteer.model.tokens import format_prompt
 from axbench_hypersteer.model.errors import DataError
 from axbench_hypersteer.train.dataset import TrainDataset
 from axbench_hypersteer.stages.data import (load_metadata, load_train_frame,

@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from axbench_hypersteer.model.collate import SteeringCollator, format_prompt
+from axbench_hypersteer.model.collate import SteeringCollator
+from axbench_hypersteer.model.tokens import format_prompt
 from axbench_hypersteer.model.config import ConfigError, HyperSteerConfig
 from axbench_hypersteer.model.errors import DataError
 from axbench_hypersteer.model.hypersteer import HyperSteer

@@ -16,6 +16,7 @@ from axbench_hypersteer.model.collate import SteeringCollator
 from axbench_hypersteer.model.config import HyperSteerConfig
 from axbench_hypersteer.model.hypersteer import HyperSteer
 from axbench_hypersteer.model.steering import SteeringSource, steering_hook
+from axbench_hypersteer.model.tokens import encode_left
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2
 
 from helpers import perturb_, positions
@@ -130,7 +131,7 @@ def test_context_is_the_pre_steering_residual_of_the_right_block(base, tokenizer
 def test_greedy_generation_equals_two_pass(base, tokenizer, context_layer):
     hs = make(base, tokenizer, context_layer, "pyvene")
     prompts = hs.format_prompts([r["input"] for r in ROWS])
-    ids, mask = hs._encode(prompts, "left")
+    ids, mask = encode_left(hs.tokenizer, prompts, hs.device)
     hyper_ids, hyper_mask = hs.encode_hypernet([r["concept"] for r in ROWS])
     factors = torch.tensor([4.0, -3.0, 6.0])
     gen = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..model.collate import format_prompt
+from ..model.tokens import format_prompt
 from ..model.fileio import atomic_write_json
 from ..testing.tiny import build_tiny_gemma2, build_tiny_tokenizer, save_tiny
 from .data import lm_corpus, tokenizer_texts

@@ -53,6 +53,7 @@ from ..model.collate import SteeringCollator
 from ..model.config import ConfigError, TrainConfig
 from ..model.fileio import atomic_write_text, save_tensors
 from ..model.steering import residual_after
+from ..model.tokens import IGNORE_INDEX, position_ids
 from ..stages.common import add_progress_flags
 from ..stages.plots import new_figure, save_figure
 from ..stages.data import load_train_frame
@@ -293,9 +294,8 @@ def diffmean_targets(base, pool_dir: str | Path, layer: int, out_path: str | Pat
         chunk = rows[start:start + batch_size]
         batch = collate(chunk)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = residual_after(model, layer, ids, mask, positions).float()
-        answer = (batch["labels"] != -100).to(device).float().unsqueeze(-1)
+        hidden = residual_after(model, layer, ids, mask, position_ids(mask)).float()
+        answer = (batch["labels"] != IGNORE_INDEX).to(device).float().unsqueeze(-1)
         means = (hidden * answer).sum(1) / answer.sum(1).clamp(min=1)
         for row, vec in zip(chunk, means.cpu()):
             cid = int(row["concept_id"])

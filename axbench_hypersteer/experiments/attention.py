@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..model.collate import format_prompt
+from ..model.tokens import format_prompt
 from ..model.config import ConfigError
 from ..model.fileio import atomic_write_json, save_tensors
 from ..stages.common import add_progress_flags

@@ -30,14 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
 
-from ..model.collate import SteeringCollator
 from ..model.config import ConfigError, JudgeConfig
 from ..model.errors import DataError
 from ..model.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from .tokens import IGNORE_INDEX
+
 
 # Heads that are `lm_head(hidden)` followed at most by `tanh(x / cap) * cap`.
 PLAIN_HEAD_MODEL_TYPES = frozenset({

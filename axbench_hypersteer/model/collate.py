@@ -12,26 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import DataError
-
-IGNORE_INDEX = -100  # torch cross-entropy's default ignore_index
-
-
-def format_prompt(tokenizer, instruction: str) -> str:
-    """The base model's chat template around one user turn, ending with the generation prompt.
-
-    The leading BOS text is removed because the tokenizer adds BOS itself when tokenising
-    (AxBench's convention); keeping it would give two BOS tokens. A tokenizer without a chat
-    template (a base LM) gets the instruction unchanged, as in AxBench.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        return instruction
-    text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}],
-                                         tokenize=False, add_generation_prompt=True)
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos):
-        text = text[len(bos):]
-    return text
-
+from .tokens import IGNORE_INDEX, format_prompt
 
 def steering_prompt_only(concept: str, instruction: str) -> str:
     """Default hypernetwork text: the steering prompt alone (no-context and cross-attn variants)."""

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from .hypersteer import HyperSteer
+from .tokens import encode_left, position_ids
 
 
 @dataclass
@@ -22,16 +23,6 @@ class SteerRow:
     raw_prompt: str        # the raw instruction (AxBench's `original_prompt`; in-context text)
     steering_prompt: str   # the concept description
     factor: float
-
-
-def _encode_left(tokenizer, texts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=True)
-    finally:
-        tokenizer.padding_side = old
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 LOGITS_PER_CHUNK = 2 ** 28  # fp32 logits held at once by the perplexity pass (1 GiB)
@@ -57,7 +48,7 @@ def _perplexity(model, prompt_ids, prompt_mask, new_ids, pad_id) -> list[float]:
     new_mask = (new_ids != pad_id).long()
     ids = torch.cat([prompt_ids, new_ids], 1)
     mask = torch.cat([prompt_mask, new_mask], 1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = position_ids(mask)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                    use_cache=False).logits[:, prompt_ids.shape[1] - 1:-1].float()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), new_ids, reduction="none")
@@ -83,7 +74,7 @@ def row_vectors(hs: HyperSteer, rows: Sequence[SteerRow], batch_size: int) -> to
         hyper_ids, hyper_mask = hs.encode_hypernet([text for text, _ in chunk])
         ids = mask = None
         if reads_prompt:
-            ids, mask = _encode_left(hs.tokenizer, [prompt for _, prompt in chunk], hs.device)
+            ids, mask = encode_left(hs.tokenizer, [prompt for _, prompt in chunk], hs.device)
         chunks.append(hs.compute_vectors(hyper_ids, hyper_mask, ids, mask))
     table = torch.cat(chunks)
     position = {key: i for i, key in enumerate(unique)}
@@ -106,7 +97,7 @@ def steer_rows(hs: HyperSteer, rows: Sequence[SteerRow], batch_size: int, max_ne
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = [rows[i] for i in idx]
-        ids, mask = _encode_left(tok, [r.prompt for r in batch], hs.device)
+        ids, mask = encode_left(tok, [r.prompt for r in batch], hs.device)
         factors = torch.tensor([r.factor for r in batch], dtype=torch.float32, device=hs.device)
         gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sampling,
                           pad_token_id=tok.pad_token_id)

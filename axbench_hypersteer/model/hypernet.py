@@ -26,6 +26,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .config import ConfigError, HyperSteerConfig
+from .tokens import position_ids
 
 # Raised when saved weights stop meaning what they meant (recorded in every checkpoint's config).
 # 2: issue 17, the official block: raw-residual readout, post-cross-attention norm, raw context.
@@ -149,15 +150,6 @@ def _rope_theta(base_config: Any) -> float:
     if theta is None:
         theta = (getattr(base_config, "rope_parameters", None) or {}).get("rope_theta")
     return float(theta or 10000.0)
-
-
-def _hidden_from_output(output: Any) -> torch.Tensor:
-    """Decoder layers return a tuple on transformers 4.x and a Tensor on 5.x."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
-    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
 
 class _CrossAttentionSite:
@@ -306,14 +298,14 @@ class HyperNetwork(nn.Module):
             if not bool(context_mask.any(-1).all()):
                 raise ValueError("context_mask: every row needs at least one base prompt token")
         # Positions from the mask, so left-padded rows see the same RoPE phases as unpadded ones.
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(attention_mask)
         if self.config.variant == "xattn":
-            self._context = (context, context_mask.to(torch.bool), position_ids)
+            self._context = (context, context_mask.to(torch.bool), positions)
         restore = self._bind_context_for_recompute()
         try:
             hidden = self.body(
                 input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids, use_cache=False,
+                position_ids=positions, use_cache=False,
             ).last_hidden_state  # [B, S, d], the raw residual (body.norm is the identity)
         finally:
             self._context = None

@@ -19,12 +19,13 @@ from torch import nn
 
 from .. import __version__
 from .answer_loss import answer_loss, has_plain_head
-from .collate import SteeringCollator, format_prompt
+from .collate import SteeringCollator
 from .config import ConfigError, HyperSteerConfig
 from .errors import MissingFileError
 from .fileio import atomic_write_json, load_tensors, read_json, save_tensors
 from .hypernet import ARCHITECTURE_VERSION, HyperNetwork, check_architecture
 from .steering import DeltaFn, Steerer, SteeringSource, residual_after
+from .tokens import encode_left, format_prompt, position_ids
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +94,6 @@ class HyperSteer(nn.Module):
         (the tokenizer adds it), exactly as training formats them."""
         return [format_prompt(self.tokenizer, p) for p in prompts]
 
-    def _encode(self, texts: Sequence[str], padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        old = self.tokenizer.padding_side
-        self.tokenizer.padding_side = padding_side
-        try:
-            enc = self.tokenizer(list(texts), return_tensors="pt", padding=True,
-                                 add_special_tokens=True)
-        finally:
-            self.tokenizer.padding_side = old
-        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-
     def encode_hypernet(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hypernetwork tokens [B, S], left padded, with BOS: the same encoding as training."""
         ids, mask = SteeringCollator(self.tokenizer).encode_hypernet(texts)
@@ -133,7 +124,7 @@ class HyperSteer(nn.Module):
                                                                    context_mask))
         # An earlier context layer: a partial base pass (blocks 0..context_layer) first.
         context = residual_after(self.base_model, self.config.resolved_context_layer,
-                                 input_ids, attention_mask, _positions(attention_mask))
+                                 input_ids, attention_mask, position_ids(attention_mask))
         delta = self.hypernet(hyper_ids, hyper_mask, context=context, context_mask=context_mask)
         return SteeringSource(factors, delta=delta)
 
@@ -148,7 +139,7 @@ class HyperSteer(nn.Module):
         if input_ids is None or attention_mask is None:
             raise ValueError("the cross-attention variant needs the base prompt tokens")
         context = residual_after(self.base_model, self.config.resolved_context_layer,
-                                 input_ids, attention_mask, _positions(attention_mask))
+                                 input_ids, attention_mask, position_ids(attention_mask))
         mask = attention_mask.bool() if context_mask is None else context_mask.bool()
         return self.hypernet(hyper_ids, hyper_mask, context=context, context_mask=mask)
 
@@ -171,7 +162,7 @@ class HyperSteer(nn.Module):
         hyper_ids, hyper_mask = self.encode_hypernet(texts)
         ids = mask = None
         if self.config.variant == "xattn":
-            ids, mask = self._encode(self.format_prompts(base_prompts), "left")
+            ids, mask = encode_left(self.tokenizer, self.format_prompts(base_prompts), self.device)
         return self.compute_vectors(hyper_ids, hyper_mask, ids, mask)
 
     # ----- steered forward / generate --------------------------------------------------------
@@ -192,7 +183,7 @@ class HyperSteer(nn.Module):
         source = self._source(factors, hyper_input_ids, hyper_attention_mask,
                               input_ids, attention_mask, context_mask)
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=_positions(attention_mask), use_cache=False)
+                      position_ids=position_ids(attention_mask), use_cache=False)
         if labels is not None and not return_logits and has_plain_head(self.base_model):
             out = self.steerer.forward(source, decoder_only=True, **kwargs)
             loss = answer_loss(self.base_model, out.last_hidden_state, labels)
@@ -235,7 +226,7 @@ class HyperSteer(nn.Module):
         texts = [self.hypernet_text(s, b) for s, b in zip(steering_prompts, base_prompts)]
         hyper_ids, hyper_mask = self.encode_hypernet(texts)
         prompts = self.format_prompts(base_prompts) if chat_template else list(base_prompts)
-        ids, mask = self._encode(prompts, "left")
+        ids, mask = encode_left(self.tokenizer, prompts, self.device)
         gen_kwargs.setdefault("do_sample", False)
         new = self.generate_ids(ids, mask, hyper_ids, hyper_mask,
                                 torch.as_tensor(factors, dtype=torch.float32),
@@ -315,7 +306,3 @@ def context_width(context_mask: torch.Tensor) -> int:
         return context_mask.shape[1]
     return int(context_mask.any(0).nonzero().max()) + 1
 
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids from the mask, so left-padded rows match their unpadded selves."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .tokens import hidden_of, with_hidden
+
 DeltaFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -208,9 +210,7 @@ def steering_hook(model: nn.Module, layer: int, source: SteeringSource) -> Itera
     """
 
     def hook(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        steered = source(hidden)
-        return (steered,) + tuple(output[1:]) if isinstance(output, tuple) else steered
+        return with_hidden(output, source(hidden_of(output)))
 
     handle = decoder_layers(model)[layer].register_forward_hook(hook, prepend=True)
     try:
@@ -234,7 +234,7 @@ def residual_after(model: nn.Module, layer: int, input_ids: torch.Tensor,
     captured: dict[str, torch.Tensor] = {}
 
     def hook(module, args, output):
-        captured["h"] = output[0] if isinstance(output, tuple) else output
+        captured["h"] = hidden_of(output)
         raise _StopForward
 
     handle = decoder_layers(model)[layer].register_forward_hook(hook)

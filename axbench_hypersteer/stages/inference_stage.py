@@ -21,7 +21,7 @@ from typing import Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..model.collate import format_prompt
+from ..model.tokens import format_prompt
 from ..model.config import InferenceConfig
 from ..model.errors import DataError
 from ..model.fileio import atomic_write, remove_interrupted_writes

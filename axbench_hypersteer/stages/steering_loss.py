@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..model.collate import IGNORE_INDEX, SteeringCollator, format_prompt
+from ..model.collate import SteeringCollator
+from ..model.tokens import IGNORE_INDEX, format_prompt
 from ..model.fileio import atomic_write_text
 from ..model.hypersteer import HyperSteer
 from .common import (MODES, PromptSplit, add_progress_flags, autocast_for, inference_methods,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..model.fileio import (atomic_write_json, load_tensors, read_json, remove_interrupted_writes,
+from ..model.fileio import (atomic_write_json, read_json, remove_interrupted_writes,
                            save_tensors)
 
 logger = logging.getLogger(__name__)

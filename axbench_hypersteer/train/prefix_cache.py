@@ -30,6 +30,7 @@ import torch
 
 from ..model.config import ConfigError
 from ..model.steering import decoder_layers
+from ..model.tokens import hidden_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ def available_memory_bytes() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hidden(output) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 class _Store:
@@ -165,7 +162,7 @@ class FrozenPrefixCache:
 
             def record(*args, _k=k, _fwd=block.forward, **kwargs):
                 out = _fwd(*args, **kwargs)
-                hidden = _hidden(out)
+                hidden = hidden_of(out)
                 self._out_dtype = hidden.dtype
                 # Copied now, before the block's forward hooks run: pyvene steers the output
                 # in place, and a reference would record the steered residual.

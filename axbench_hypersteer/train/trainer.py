@@ -163,7 +163,7 @@ class Trainer:
 
     def _check_lengths(self, frame, what: str = "training") -> None:
         """Fail before the first step, not at step 10 000, when a prompt leaves no answer token."""
-        from ..model.collate import format_prompt
+        from ..model.tokens import format_prompt
         from ..model.errors import DataError
 
         tok = self.model.tokenizer
