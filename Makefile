@@ -19,7 +19,10 @@ NPROC   ?= 1
 TORCHRUN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC)
 LAUNCH  := -m axbench_hypersteer.axbench
 
-.PHONY: venv demo test data test-transformers5 heldin heldout ablations bench clean-venv browser serve bench-serve
+# The held-out experiment on a real pretrained LM (SmolLM2-135M-Instruct) on CPU; README "Real LM".
+REAL_DUMP ?= dumps/real
+
+.PHONY: real venv demo test data test-transformers5 heldin heldout ablations bench clean-venv browser serve bench-serve
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +35,9 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/hypersteer demo --dump_dir dumps/demo
+
+real: venv data
+	$(VENV)/bin/hypersteer real --dump_dir $(REAL_DUMP)
 
 test: venv $(if $(filter true 1 yes,$(CI)),browser)
 	$(PY) -m pytest -q tests

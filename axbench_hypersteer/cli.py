@@ -1,6 +1,7 @@
 """The ``hypersteer`` command: thin dispatch to each stage's ``main``.
 
     hypersteer demo       train → sweep → judge → report on the built-in tiny model and data
+    hypersteer real       the held-out experiment on a real LM (SmolLM2-135M-Instruct), with baselines
     hypersteer split      held-in / held-out training data
     hypersteer train      one hypernetwork over all concepts
     hypersteer inference  steering-factor sweep → inference/steering_data.parquet
@@ -29,6 +30,7 @@ from . import __version__
 
 COMMANDS = {
     "demo": "axbench_hypersteer.demo.run",
+    "real": "axbench_hypersteer.real.run",
     "split": "axbench_hypersteer.stages.splits",
     "train": "axbench_hypersteer.stages.train_stage",
     "inference": "axbench_hypersteer.stages.inference_stage",

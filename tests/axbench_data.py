@@ -1,5 +1,5 @@
-"""The AxBench files the test suite reads (Concept10 for Gemma-2-2B layer 20, and the Concept500
-concept list): where the tests find them, and ``make data`` (``python tests/axbench_data.py DIR``)
+"""The AxBench files the test suite and `hypersteer real` read (Concept10 for Gemma-2-2B layer 20,
+the Concept500 concept list, and five more generate/ sets: 73 concepts): where the tests find them, and ``make data`` (``python tests/axbench_data.py DIR``)
 to fetch them from AxBench's public repository.
 
 The files are checked against fixed SHA-256 sums, so a changed upstream file is an error rather
@@ -29,6 +29,28 @@ FILES = {  # path under axbench/ in AxBench's repository (and under the data dir
         "9483c9934bc51882049f88f90bc3d4ebd9ffbcb4bf049623063cacf51407dfc4",
     "concept500/prod_2b_l20_v1/generate/metadata.jsonl":
         "435aad14e202402b0989d62b279f63dfc63aa2aff0e488cf62652c0700a1efdc",
+    # The other five generate/ sets (73 concepts in all with the one above): the real-model
+    # experiment (`hypersteer real`) trains on the 63 concepts outside concept10/prod_2b_l20_v1.
+    "concept10/prod_2b_l10_v1/generate/metadata.jsonl":
+        "e2b1a11178b034dbdf3d1b0b18f6011d076f02afc2cc68346f216e2e04ff2ba9",
+    "concept10/prod_2b_l10_v1/generate/train_data.parquet":
+        "527e54bfd2a322772312e7b6a04568e88f0e2f50aa558e0724f15327d1358f14",
+    "concept10/prod_9b_l20_v1/generate/metadata.jsonl":
+        "e564d8e1e7d986084771a000a87eecc56865338c652030ca77003f0ab83d8bae",
+    "concept10/prod_9b_l20_v1/generate/train_data.parquet":
+        "f45f775c971fd2123adc9f93aa6d56f09a442da2893a96a07307056abc782bc5",
+    "concept10/prod_9b_l31_v1/generate/metadata.jsonl":
+        "ab8ed43fc3b15cbb040e503e3f9f9eb77c1ae3b116f7297642e8d2ad4a1ad02e",
+    "concept10/prod_9b_l31_v1/generate/train_data.parquet":
+        "318bd060682b030e5c68f8d95bb1b1909ac43dd77337ef49f7709df8f791e6a6",
+    "conceptFD/prod_2b_l10_v1/generate/metadata.jsonl":
+        "f23f14ab1711dcd280cc4c47b64fed6fe4d68bd23d4126832a15e4a67416c830",
+    "conceptFD/prod_2b_l10_v1/generate/train_data.parquet":
+        "ef1d6e2f16a19c4d71b33ee9ab5b4cf7c78b58731a39a138dd51c579eac1a470",
+    "conceptFD/prod_2b_l20_v1/generate/metadata.jsonl":
+        "a11cbe34f9c25be35e666f5e80a53ba962892ab5df9f15474dbf4736998a6411",
+    "conceptFD/prod_2b_l20_v1/generate/train_data.parquet":
+        "57af7eb23762788362d494efcbcd8563c4e0f42a2eff6cc449b733e89c7a3e21",
 }
 
 

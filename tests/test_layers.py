@@ -2,7 +2,7 @@
 layers below it.
 
     cli.py, */__main__.py        top: entry points; parse arguments, catch user errors
-    axbench/  experiments/       AxBench adapter; paper experiments
+    axbench/  experiments/ real/ AxBench adapter; paper experiments; the real-LM experiment
     demo/     serve/             the built-in demo; the OpenAI-compatible server, vector export
     stages/                      AxBench files, splits, run config, the stages, report, plots
     train/    judge/             the training loop; the LLM judge client
@@ -36,6 +36,8 @@ ALLOWED = {
     "serve": {"model", "stages"},
     "axbench": {"model", "train", "stages"},
     "experiments": {"model", "judge", "train", "stages", "testing"},
+    # the real-LM experiment judges and plots the way the demo does (its judge_all, curves)
+    "real": {"model", "judge", "train", "stages", "demo", "testing"},
 }
 # Third-party packages of the layers above the model that the model must not pull in.
 NOT_IN_MODEL = ("pandas", "pyarrow", "matplotlib", "openai")

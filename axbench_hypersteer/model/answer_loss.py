@@ -33,8 +33,10 @@ def has_plain_head(model: nn.Module) -> bool:
     return getattr(model.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
 
 
-def answer_loss(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled tokens.
+def answer_loss(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                per_row: bool = False) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens (``per_row``: one mean per row,
+    [B], 0 for a row without labels; scoring needs each example's loss, training one number).
 
     hidden: [B, T, d], the decoder's output after its final norm; labels: [B, T], the token to
     predict at each position's successor, ``-100`` where there is none to learn.
@@ -48,4 +50,9 @@ def answer_loss(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) ->
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits.float(), labels[:, 1:][predicts])
+    if not per_row:
+        return F.cross_entropy(logits.float(), labels[:, 1:][predicts])
+    nll = F.cross_entropy(logits.float(), labels[:, 1:][predicts], reduction="none")
+    sums = torch.zeros(labels.shape[0], device=nll.device).index_add_(
+        0, predicts.nonzero()[:, 0], nll)
+    return sums / predicts.sum(-1).clamp(min=1)
