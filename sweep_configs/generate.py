@@ -4,8 +4,8 @@
     python sweep_configs/generate.py --out_dir D   # write them under D instead (tests compare)
 
 Layout: ``{2b,9b}/l20/hypersteer_{nocontext,incontext,xattn}_{heldin,heldout}.yaml`` (Gemma-2 2B /
-9B instruction-tuned, steering layer 20) and ``tiny_cpu.yaml`` (the built-in tiny model, used by
-tests). Each file has AxBench's four sections (``generate``, ``train``, ``inference``,
+9B instruction-tuned, steering layer 20), ``tiny_cpu.yaml`` (the built-in tiny model, used by
+tests) and ``real/smollm2_135m.yaml`` (``hypersteer real``'s defaults). Each file has AxBench's four sections (``generate``, ``train``, ``inference``,
 ``evaluate``, as in AxBench's production ``2b/l20`` sweeps: 14 factors, 10 AlpacaEval prompts per
 concept, half of them for factor selection) and, for held-out runs, our ``hypersteer`` section
 naming the evaluation concepts (Concept500) that must not be trained on.
@@ -201,7 +201,16 @@ def all_configs() -> dict[str, dict]:
     out = {f"{size}/l{LAYER}/hypersteer_{variant}_{split}.yaml": sweep_config(size, variant, split)
            for size in BASE_MODELS for variant in VARIANTS for split in SPLITS}
     out["tiny_cpu.yaml"] = tiny_config()
+    out["real/smollm2_135m.yaml"] = real_config()
     return out
+
+
+def real_config() -> dict:
+    """``hypersteer real --config``: RealConfig's defaults (axbench_hypersteer/real/config.py, the
+    one place they live), written out so a run's settings can be copied and edited."""
+    from axbench_hypersteer.real.config import RealConfig
+
+    return {"real": RealConfig().to_dict()}
 
 
 def render(relpath: str, config: dict) -> str:

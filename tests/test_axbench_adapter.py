@@ -659,7 +659,7 @@ def test_sweep_configs_are_reproduced_by_generate_py(tmp_path):
     # ablations/ has its own generator (axbench_hypersteer.experiments.ablations) and test.
     committed = sorted(p.relative_to(SWEEP) for p in SWEEP.rglob("*.yaml")
                        if p.relative_to(SWEEP).parts[0] != "ablations")
-    assert generated == committed and len(committed) == 13
+    assert generated == committed and len(committed) == 14
     for rel in committed:
         assert (tmp_path / rel).read_text() == (SWEEP / rel).read_text(), rel
 

@@ -6,10 +6,10 @@
 """
 
 from .models import (HyperSteerInContext, HyperSteerModel, HyperSteerNoContext, HyperSteerXAttn,
-                     clear_cache, configure, load_hypersteer)
+                     clear_cache, configure, load_trained_method)
 from .registry import (AxBenchNotInstalled, RegistryError, UnknownMethodError, import_axbench,
                        known_names, lookup, register)
 
 __all__ = ["AxBenchNotInstalled", "HyperSteerInContext", "HyperSteerModel", "HyperSteerNoContext",
            "HyperSteerXAttn", "RegistryError", "UnknownMethodError", "clear_cache", "configure",
-           "import_axbench", "known_names", "load_hypersteer", "lookup", "register"]
+           "import_axbench", "known_names", "load_trained_method", "lookup", "register"]

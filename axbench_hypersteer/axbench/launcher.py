@@ -337,7 +337,7 @@ def train_data_dir(run: RunConfig, dump_dir: Path, overwrite: str | None) -> Pat
     return dump_dir / "generate"
 
 
-def run_train(axbench: types.ModuleType, run: RunConfig, selected: list[str],
+def launch_train(axbench: types.ModuleType, run: RunConfig, selected: list[str],
               args: argparse.Namespace, rest: list[str], seen: argparse.Namespace,
               patcher: Patcher, tmp_files: list[Path]) -> None:
     dump_dir = Path(args.dump_dir)
@@ -383,7 +383,7 @@ def _steered_methods(run: RunConfig, config: str) -> list[str]:
             if is_hypersteer_method(n)]
 
 
-def run_inference(axbench: types.ModuleType, run: RunConfig, selected: list[str],
+def launch_inference(axbench: types.ModuleType, run: RunConfig, selected: list[str],
                   args: argparse.Namespace, rest: list[str], seen: argparse.Namespace,
                   patcher: Patcher, tmp_files: list[Path]) -> None:
     config = filtered_config(run, set(), set(selected) if args.method else None, tmp_files)
@@ -409,7 +409,7 @@ def run_inference(axbench: types.ModuleType, run: RunConfig, selected: list[str]
     inference.main()
 
 
-def run_evaluate(axbench: types.ModuleType, run: RunConfig, selected: list[str],
+def launch_evaluate(axbench: types.ModuleType, run: RunConfig, selected: list[str],
                  args: argparse.Namespace, rest: list[str], seen: argparse.Namespace,
                  patcher: Patcher, tmp_files: list[Path]) -> None:
     config = filtered_config(run, set(), set(selected) if args.method else None, tmp_files)
@@ -426,7 +426,7 @@ def run_evaluate(axbench: types.ModuleType, run: RunConfig, selected: list[str],
     evaluate.main()
 
 
-RUNNERS = {"train": run_train, "inference": run_inference, "evaluate": run_evaluate}
+RUNNERS = {"train": launch_train, "inference": launch_inference, "evaluate": launch_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -183,8 +183,8 @@ def _check_layers(ckpt: Path, train_dir: Path, layer) -> None:
                           f"layer={layer}")
 
 
-def load_hypersteer(train_dir: str | Path, method: str, model, tokenizer,
-                    layer: int | None = None) -> HyperSteer:
+def load_trained_method(train_dir: str | Path, method: str, model, tokenizer,
+                        layer: int | None = None) -> HyperSteer:
     """The trained hypernetwork of ``{train_dir}/{method}``, read from disk once per process.
 
     Raises MissingFileError without a checkpoint, ConfigError for another base model or layer.
@@ -321,8 +321,8 @@ class HyperSteerModel(ModelBase):
         """Attach the trained hypernetwork of ``{dump_dir}/{Method}`` (AxBench's train dir)."""
         train_dir = Path(dump_dir) if dump_dir is not None else self._train_dir()
         self.dump_dir = train_dir
-        self._hs = load_hypersteer(train_dir, self.method_name, self.model, self.tokenizer,
-                                   self.layer)
+        self._hs = load_trained_method(train_dir, self.method_name, self.model, self.tokenizer,
+                                       self.layer)
         return self._hs
 
     def pre_compute_mean_activations(self, *args, **kwargs):
@@ -386,5 +386,5 @@ class HyperSteerXAttn(HyperSteerModel):
 
 __all__ = ["AXBENCH_BASE", "HyperSteerInContext", "HyperSteerModel", "HyperSteerNoContext",
            "HyperSteerXAttn", "LocalModel", "check_no_eval_concepts", "clear_cache", "configure",
-           "load_hypersteer", "resolve_config_path"]
+           "load_trained_method", "resolve_config_path"]
 

@@ -21,7 +21,7 @@ from .. import __version__
 from .answer_loss import answer_loss, has_plain_head
 from .collate import SteeringCollator
 from .config import ConfigError, HyperSteerConfig
-from .errors import MissingFileError
+from .errors import CorruptFileError, MissingFileError
 from .fileio import atomic_write_json, load_tensors, read_json, save_tensors
 from .hypernet import ARCHITECTURE_VERSION, HyperNetwork, check_architecture
 from .steering import DeltaFn, Steerer, SteeringSource, residual_after
@@ -268,7 +268,7 @@ class HyperSteer(nn.Module):
         model = cls(base_model, tokenizer, config, backend=backend)
         missing, unexpected = model.hypernet.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{directory / WEIGHTS_NAME}: weights do not fit the config "
+            raise CorruptFileError(f"{directory / WEIGHTS_NAME}: weights do not fit the config "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
         return model.to(next(base_model.parameters()).device)
 

@@ -29,7 +29,7 @@ from .data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept, 
 __all__ = ["DataError", "SplitSummary", "load_eval_concepts", "main", "make_split",
            "normalise_concept"]
 
-MODES = ("heldin", "heldout")
+SPLIT_MODES = ("heldin", "heldout")  # which concepts train (common.MODES: prompt splits)
 SPLIT_COLUMNS = ("output_concept", "category", "concept_id")
 
 
@@ -125,8 +125,8 @@ def make_split(data_dir: str | Path, eval_concepts: str | Path | Sequence[int | 
     evaluation concept, and those concepts' metadata lines; negatives are kept, concept ids are
     not renumbered. ``heldin`` copies the files unchanged. Shards keep their file names.
     """
-    if mode not in MODES:
-        raise DataError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if mode not in SPLIT_MODES:
+        raise DataError(f"mode must be one of {list(SPLIT_MODES)}, got {mode!r}")
     gen_dir = generate_dir(data_dir)
     out_gen = Path(out_dir) / "generate"
     if out_gen.resolve() == gen_dir.resolve():
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval_concepts", required=True,
                         help="metadata.jsonl of the evaluation concepts (e.g. Concept500's), or "
                              "comma-separated concept ids/texts of the training metadata")
-    parser.add_argument("--mode", choices=MODES, default="heldout")
+    parser.add_argument("--mode", choices=SPLIT_MODES, default="heldout")
     parser.add_argument("--out_dir", required=True, help="where generate/ is written")
     args = parser.parse_args(argv)
     try:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..model.collate import SteeringCollator
 from ..model.config import TrainConfig
+from ..model.errors import DataError
 from ..model.fileio import load_tensors
 from ..model.hypersteer import HyperSteer
 from .prefix_cache import FrozenPrefixCache, cached_blocks
@@ -68,11 +69,11 @@ def load_reconstruction_targets(path: str, hidden_size: int) -> torch.Tensor:
     """A [num_concepts, d] matrix, row i = concept_id i (e.g. AxBench's ``{Name}_weight.pt``)."""
     tensors = load_tensors(path)
     if len(tensors) != 1 and "weight" not in tensors:
-        raise ValueError(f"{path}: expected one [num_concepts, d] tensor, found keys "
+        raise DataError(f"{path}: expected one [num_concepts, d] tensor, found keys "
                          f"{sorted(tensors)}")
     matrix = tensors.get("weight", next(iter(tensors.values())))
     if matrix.dim() != 2 or matrix.shape[1] != hidden_size:
-        raise ValueError(f"{path}: expected shape [num_concepts, {hidden_size}], "
+        raise DataError(f"{path}: expected shape [num_concepts, {hidden_size}], "
                          f"got {list(matrix.shape)}")
     return matrix.float()
 
@@ -112,7 +113,7 @@ class Trainer:
             ).to(self.dist.device)
             top = int(train_frame["concept_id"].max())
             if top >= self.targets.shape[0]:
-                raise ValueError(f"{cfg.reconstruction_targets}: has {self.targets.shape[0]} rows "
+                raise DataError(f"{cfg.reconstruction_targets}: has {self.targets.shape[0]} rows "
                                  f"but the training data has concept_id {top}")
         if cfg.gradient_checkpointing:
             model.hypernet.enable_gradient_checkpointing(use_reentrant=False)
