@@ -3,6 +3,9 @@
 from setuptools import find_packages, setup
 
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "gguf>=0.10"]  # hypersteer serve / vectors
+# The `hypersteer` stages, the judge, reports and plots read and write AxBench's parquet/jsonl
+# files; the model itself (HyperSteer, load_base, training) needs none of these.
+PIPELINE = ["pandas>=2.0", "pyarrow>=15", "matplotlib>=3.7", "openai>=1.52"]
 
 setup(
     name="axbench-hypersteer",
@@ -22,19 +25,16 @@ setup(
         "pyvene>=0.1.6",
         "safetensors>=0.4",
         "tokenizers>=0.20",
-        "openai>=1.52",
         "pyyaml>=6",
-        "pandas>=2.0",
-        "pyarrow>=15",
         "numpy>=1.26",
         "tqdm>=4.60",
-        "matplotlib>=3.7",
     ],
     extras_require={
         # The tests exercise the server and its playground in a real browser (selenium drives
         # Debian's chromium; `make browser` installs it), so `.[test]` includes `.[serve]`.
-        "serve": SERVE,
-        "test": ["pytest>=8", "selenium>=4.20", *SERVE],
+        "pipeline": PIPELINE,
+        "serve": [*SERVE, *PIPELINE],
+        "test": ["pytest>=8", "selenium>=4.20", *SERVE, *PIPELINE],
         # Scale-out training: torchao's 8-bit AdamW (`optimizer: adamw8bit`), the one that works
         # on FSDP2's sharded parameters. The test suite exercises it, so `make test` installs it.
         "scale": ["torchao>=0.18,<0.19"],

@@ -43,6 +43,11 @@ COMMANDS = {
 }
 
 
+# Top-level modules of each setup.py extra: a missing one gets the install line, not a traceback.
+EXTRAS = {"pipeline": ("pandas", "pyarrow", "matplotlib", "openai"),
+          "serve": ("fastapi", "uvicorn", "gguf")}
+
+
 def run_command(prog: str, entry: Callable[[list[str]], int | None], argv: list[str]) -> int:
     """Run one command's ``main``; a :class:`HyperSteerError` becomes one stderr line and exit
     status 2 (the user can fix it), anything else keeps its traceback (a bug). Shared by
@@ -53,6 +58,13 @@ def run_command(prog: str, entry: Callable[[list[str]], int | None], argv: list[
         return int(entry(argv) or 0)
     except HyperSteerError as err:
         print(f"{prog}: error: {err}" if prog else f"error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # the core install is the model alone (setup.py extras)
+        extra = next((name for name, modules in EXTRAS.items() if err.name in modules), None)
+        if extra is None:
+            raise
+        print(f"{prog or 'hypersteer'}: error: this command needs {err.name!r}: "
+              f"pip install 'axbench-hypersteer[{extra}]'", file=sys.stderr)
         return 2
 
 
@@ -76,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     # import warns about GPU kernels a CPU wheel lacks: lines ahead of every error, for nothing.
     for noisy in ("torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    module = importlib.import_module(COMMANDS[argv[0]])
-    return run_command(f"hypersteer {argv[0]}", module.main, argv[1:])
+    def entry(args: list[str]) -> int | None:  # imported inside: a missing extra is caught
+        return importlib.import_module(COMMANDS[argv[0]]).main(args)
+
+    return run_command(f"hypersteer {argv[0]}", entry, argv[1:])
 
 
 if __name__ == "__main__":

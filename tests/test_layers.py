@@ -152,3 +152,39 @@ def test_the_readme_layout_names_every_module():
         if str(rel) not in named:
             missing.append(str(rel))
     assert missing == []
+
+
+def test_core_install_runs_without_the_pipeline_extra():
+    """The model needs torch + transformers only (setup.py's core install): in a fresh interpreter
+    in which pandas, pyarrow and openai cannot be imported (matplotlib comes with pyvene), a
+    HyperSteer model still
+    builds, takes a training step with its own loss and generates; a stage command then names
+    the extra to install instead of a traceback."""
+    code = """
+import sys
+for name in ("pandas", "pyarrow", "openai"):
+    sys.modules[name] = None  # importing it now raises ModuleNotFoundError
+import torch
+torch.set_num_threads(1)
+from axbench_hypersteer.model.collate import SteeringCollator
+from axbench_hypersteer.model.config import HyperSteerConfig
+from axbench_hypersteer.model.hypersteer import HyperSteer
+from axbench_hypersteer.testing.tiny import build_tiny_gemma2, build_tiny_tokenizer
+
+tok = build_tiny_tokenizer()
+hs = HyperSteer.from_base(build_tiny_gemma2(tok, hidden_size=64, num_layers=2), tok,
+                          HyperSteerConfig(variant="nocontext", steering_layer=1, num_blocks=1))
+batch = SteeringCollator(tok, 64)([{"concept_id": 0, "concept": "cats", "input": "Say hi.",
+                                    "output": "Hi, cat."}])
+out = hs(batch["input_ids"], batch["attention_mask"], batch["hyper_input_ids"],
+         batch["hyper_attention_mask"], labels=batch["labels"])
+out.loss.backward()
+print(len(hs.generate(["Say hi."], ["cats"], factors=[1.0], max_new_tokens=2)))
+from axbench_hypersteer.cli import main
+sys.exit(main(["report", "--dump_dir", "."]))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "1", result.stderr[-2000:]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pip install 'axbench-hypersteer[pipeline]'" in result.stderr.strip().splitlines()[-1]

@@ -7,8 +7,12 @@ keeps pandas out of the per-step path.
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:  # only the type: the core install (torch + transformers) has no pandas
+    import pandas as pd
 
 from ..model.errors import DataError
 
@@ -18,7 +22,7 @@ FRAME_COLUMNS = ("concept_id", "concept", "input", "output")
 class TrainDataset(Dataset):
     """Rows of :func:`load_train_frame` as dicts, ready for :class:`SteeringCollator`."""
 
-    def __init__(self, frame: pd.DataFrame):
+    def __init__(self, frame: "pd.DataFrame"):
         missing = [c for c in FRAME_COLUMNS if c not in frame.columns]
         if missing:
             raise DataError(f"training frame: missing column(s) {missing}")
