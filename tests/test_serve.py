@@ -194,6 +194,23 @@ BAD_REQUESTS = [  # (body or raw bytes, expected status)
     ({"model": MODEL_ID, "messages": [{"role": "assistant", "content": "hi"},
                                       {"role": "assistant", "content": "again"}],
       "max_tokens": 2}, 200),  # the tiny template accepts any order: not an error here
+    # Out of the engine's range, or not JSON: refused at the edge (each used to be a 500).
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "seed": 2 ** 80}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2 ** 40},
+     422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "\ud800"}]}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+      "steering": {"prompt": "\udfff"}}, 422),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+      "top_logprobs": 3}, 422),  # needs logprobs: true
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "logprobs": True,
+      "top_logprobs": 21}, 422),
+    (b'{"model": "HyperSteerTest", "temperature": NaN, "messages": []}', 400),
+    (b'{"model": "HyperSteerTest", "max_tokens": ' + b"9" * 5000 + b"}", 400),
+    (b"[" * 50_000 + b"]" * 50_000, 400),
+    (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, 400),
+    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+      "temperature": 1e-300}, 200),  # greedy, as vLLM (logits / 1e-300 overflow)
 ]
 
 
@@ -316,3 +333,46 @@ def test_a_row_merged_into_a_new_cohort_continues_exactly(reference):
     alone = reference.generate([BASE, "Write a poem."], [STEER, STEER], [FACTOR, -FACTOR],
                                max_new_tokens=20)
     assert ["".join(texts[0]), "".join(texts[1])] == alone
+
+
+def test_logprobs_are_the_steered_models_own(client, reference):
+    """``logprobs``/``top_logprobs`` as OpenAI defines them: per generated token its text, bytes
+    and log-probability, with the top k rivals; the numbers equal a cache-free full forward of
+    the same steered model over prompt + tokens so far (greedy: the token is the top rival)."""
+    from axbench_hypersteer.model.steering import SteeringSource
+    from axbench_hypersteer.serve.engine import Engine
+
+    r = chat(client, steering={"prompt": STEER, "factor": FACTOR}, max_tokens=10,
+             logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 10
+    assert "".join(e.token for e in content) == r.choices[0].message.content
+
+    tok = reference.tokenizer
+    ids = tok(Engine(reference).chat_prompt([{"role": "user", "content": BASE}]),
+              add_special_tokens=True, return_tensors="pt")["input_ids"]
+    vector = reference.steering_vectors([STEER], base_prompts=[BASE])
+    with torch.no_grad():
+        for entry in content:
+            logits = reference.steerer.forward(
+                SteeringSource(torch.tensor([FACTOR]), delta=vector), input_ids=ids,
+                attention_mask=torch.ones_like(ids)).logits[0, -1]
+            logprobs = torch.log_softmax(logits.float(), -1)
+            top = logprobs.topk(3)
+            assert [e.token for e in entry.top_logprobs] == [tok.decode([int(t)])
+                                                            for t in top.indices]
+            assert [e.logprob for e in entry.top_logprobs] == pytest.approx(
+                top.values.tolist(), abs=1e-4)
+            assert entry.token == entry.top_logprobs[0].token
+            assert entry.logprob == pytest.approx(float(top.values[0]), abs=1e-4)
+            assert bytes(entry.bytes).decode() == entry.token
+            ids = torch.cat([ids, top.indices[:1].view(1, 1)], 1)
+
+    streamed = list(chat(client, steering={"prompt": STEER, "factor": FACTOR}, max_tokens=10,
+                         logprobs=True, top_logprobs=3, stream=True))
+    entries = [e for c in streamed if c.choices and c.choices[0].logprobs
+               for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in entries] == [(e.token, e.logprob) for e in content]
+    plain = chat(client, max_tokens=3, logprobs=True)
+    assert [e.top_logprobs for e in plain.choices[0].logprobs.content] == [[], [], []]
+    assert chat(client, max_tokens=3).choices[0].logprobs is None

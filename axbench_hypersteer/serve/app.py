@@ -189,20 +189,24 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
         meta = {"id": job.id, "created": int(time.time()), "model": model_id}
         if req.stream:
             usage = req.stream_options is not None and req.stream_options.include_usage
-            return StreamingResponse(sse(job, channel, meta, echo, first.prompt_tokens, usage),
+            return StreamingResponse(sse(job, channel, meta, echo, first.prompt_tokens, usage,
+                                         req.logprobs),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
+        logprobs: list[dict] = []
         while True:
             event = await channel.get()
             if isinstance(event, Delta):
                 parts.append(event.text)
+                logprobs += event.logprobs or []
             elif isinstance(event, Failed):
                 return error_response(event.status, event.message)
             elif isinstance(event, Finished):
                 break
         return {**meta, "object": "chat.completion", "choices": [{
             "index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+            "logprobs": {"content": logprobs, "refusal": None} if req.logprobs else None,
             "finish_reason": event.reason}],
             "usage": usage_of(first.prompt_tokens, event.completion_tokens),
             "steering": echo}
@@ -229,7 +233,8 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
         # As vLLM: a temperature this small is greedy (dividing logits by 1e-300 overflows).
         temperature = req.temperature if req.temperature >= GREEDY_BELOW else 0.0
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=req.top_p,
-                            seed=req.seed, stop=req.stops(), ignore_eos=req.ignore_eos)
+                            seed=req.seed, stop=req.stops(), ignore_eos=req.ignore_eos,
+                            logprobs=(req.top_logprobs or 0) if req.logprobs else None)
         loop = asyncio.get_running_loop()
         channel: asyncio.Queue = asyncio.Queue()
         ended = False
@@ -253,12 +258,15 @@ def usage_of(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 async def sse(job: Job, channel: asyncio.Queue, meta: dict, echo: dict, prompt_tokens: int,
-              include_usage: bool):
+              include_usage: bool, logprobs: bool = False):
     """Server-sent events in OpenAI's chunk format. If the client goes away, the job is
     cancelled and its row leaves the batch at the next decode step."""
-    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
-        body = {**meta, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    def chunk(delta: dict, finish: str | None = None, entries: list | None = None,
+              **extra) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish,
+                  "logprobs": {"content": entries or [], "refusal": None} if logprobs
+                  and entries is not None else None}
+        body = {**meta, "object": "chat.completion.chunk", "choices": [choice], **extra}
         return f"data: {json.dumps(body)}\n\n"
 
     finished = False
@@ -267,7 +275,7 @@ async def sse(job: Job, channel: asyncio.Queue, meta: dict, echo: dict, prompt_t
         while True:
             event = await channel.get()
             if isinstance(event, Delta):
-                yield chunk({"content": event.text})
+                yield chunk({"content": event.text}, entries=event.logprobs)
             elif isinstance(event, Finished):
                 finished = True
                 yield chunk({}, event.reason, steering=echo)

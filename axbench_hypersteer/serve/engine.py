@@ -52,6 +52,7 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False   # always max_tokens tokens (load tests; vLLM's extension)
+    logprobs: int | None = None  # None: none; k: each token's log-prob and its top k rivals
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Started:
 @dataclass
 class Delta:
     text: str
+    logprobs: list[dict] | None = None  # OpenAI's entries for the tokens this text completes
 
 
 @dataclass
@@ -116,6 +118,7 @@ class Row:
     generator: torch.Generator | None    # own RNG per row: sampling independent of batch mates
     generated: list[int] = field(default_factory=list)
     emitted: int = 0                     # characters of the text already sent
+    logprobs: list[dict] = field(default_factory=list)  # entries not sent yet
 
 
 class Engine:
@@ -261,6 +264,20 @@ class Engine:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def logprob_entry(self, logits: torch.Tensor, token: int, top: int) -> dict:
+        """OpenAI's ``logprobs.content`` entry for ``token`` given one row's logits [vocab]:
+        the model's own log-probabilities (before temperature and top-p, as vLLM reports them)
+        and the ``top`` most likely tokens; ``bytes`` are the UTF-8 of the token's text."""
+        logprobs = torch.log_softmax(logits.float(), -1)
+        values, ids = logprobs.topk(min(top, logprobs.numel())) if top else ((), ())
+
+        def item(tid: int, value: float) -> dict:
+            text = self.tokenizer.decode([tid])
+            return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+        return {**item(token, float(logprobs[token])),
+                "top_logprobs": [item(int(t), float(v)) for t, v in zip(ids, values)]}
+
 
 class Cohort:
     """Rows prefilled together and decoded in lockstep; a finished or cancelled row leaves.
@@ -309,7 +326,8 @@ class Cohort:
         keep = []
         for i, row in enumerate(self.rows):
             try:
-                reason = self._push(row, next_token(logits[i], greedy[i], row))
+                token = next_token(logits[i], greedy[i], row)
+                reason = self._push(row, token, logits[i])
             except Exception as err:  # noqa: BLE001 - this row's alone
                 fail_alone(row.job, "sampling", err)
                 continue
@@ -331,20 +349,22 @@ class Cohort:
                                                  self.factors[index])
         self.cache.batch_select_indices(index)
 
-    def _push(self, row: Row, token: int) -> str | None:
+    def _push(self, row: Row, token: int, logits: torch.Tensor) -> str | None:
         """Append a token, send the text that is now certain; the finish reason, or None."""
         sampling = row.job.sampling
         if token in self.engine.eos_ids and not sampling.ignore_eos:
-            self._emit(row, self.engine.decode(row.generated))
+            self._emit(row, self.engine.decode(row.generated), final=True)
             return "stop"
         row.generated.append(token)
+        if sampling.logprobs is not None:
+            row.logprobs.append(self.engine.logprob_entry(logits, token, sampling.logprobs))
         text = self.engine.decode(row.generated)
         cut = first_stop(text, sampling.stop)
         if cut is not None:
-            self._emit(row, text[:cut])
+            self._emit(row, text[:cut], final=True)
             return "stop"
         if len(row.generated) >= sampling.max_tokens:
-            self._emit(row, text)
+            self._emit(row, text, final=True)
             return "length"
         # Hold back what could still become a stop string, and a half-decoded UTF-8 character.
         safe = max(0, len(text) - max((len(s) - 1 for s in sampling.stop), default=0))
@@ -354,10 +374,16 @@ class Cohort:
         return None
 
     @staticmethod
-    def _emit(row: Row, text: str) -> None:
-        if len(text) > row.emitted:
-            row.job.sink(Delta(text[row.emitted:]))
-            row.emitted = len(text)
+    def _emit(row: Row, text: str, final: bool = False) -> None:
+        """Send the text not sent yet, with the log-prob entries of the tokens behind it; the
+        last call sends the remaining entries even without text (a token that completed a
+        stop string is listed, its text cut, as vLLM does)."""
+        if len(text) > row.emitted or (final and row.logprobs):
+            entries = None
+            if row.job.sampling.logprobs is not None:
+                entries, row.logprobs = row.logprobs, []
+            row.job.sink(Delta(text[row.emitted:], entries))
+            row.emitted = max(row.emitted, len(text))
 
 
 def next_token(logits: torch.Tensor, greedy: int, row: Row) -> int:
