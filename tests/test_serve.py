@@ -6,7 +6,6 @@ hypernetwork; the reference is ``HyperSteer.generate`` on a second copy of the s
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,9 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed (pip ins
 
 from axbench_hypersteer.serve.cli import build_server  # noqa: E402
 from axbench_hypersteer.serve.loading import load_hypersteer  # noqa: E402
+from serve_bad_requests import CASES as BAD_CASES  # noqa: E402
+from serve_bad_requests import (DOC_PATH, ROUTES, SECTION, SERVER_OPTIONS,  # noqa: E402
+                                section, send_all)
 from serve_helpers import CONCEPTS, RunningServer, write_hypernet  # noqa: E402
 
 MODEL_ID = "HyperSteerTest"
@@ -34,7 +36,7 @@ def hypernet(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def server(hypernet):
-    app, scheduler = build_server(hypernet, device="cpu", max_tokens=2000, max_prompt_tokens=200)
+    app, scheduler = build_server(hypernet, device="cpu", **SERVER_OPTIONS)
     running = RunningServer(app, scheduler)
     yield running
     running.stop()
@@ -158,80 +160,30 @@ def test_sampling_follows_the_seed(client):
     assert first[0] == first[1] != first[2]
 
 
-BAD_REQUESTS = [  # (body or raw bytes, expected status)
-    (b"{not json", 400),
-    (b"[1, 2]", 400),
-    (b"\xff\xfe", 400),
-    ({"messages": [{"role": "user", "content": "hi"}]}, 422),                  # no model
-    ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404),
-    ({"model": MODEL_ID, "messages": []}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "robot", "content": "hi"}]}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user"}]}, 422),
-    ({"model": MODEL_ID, "messages": "hi"}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9999}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "steer": "x"}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "stop": list("abcde")},
-     422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "x", "factor": "strong"}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "  "}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": ["x"] * 9}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "x", "factor": 1e9}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "x", "path": "/etc/passwd"}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "x" * 3000}}, 413),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "word " * 7000}]}, 413),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "word " * 400}]}, 413),  # tokens
-    (b"{" + b" " * (1 << 20) + b"}", 413),
-    ({"model": MODEL_ID, "messages": [{"role": "assistant", "content": "hi"},
-                                      {"role": "assistant", "content": "again"}],
-      "max_tokens": 2}, 200),  # the tiny template accepts any order: not an error here
-    # Out of the engine's range, or not JSON: refused at the edge (each used to be a 500).
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "seed": 2 ** 80}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2 ** 40},
-     422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "\ud800"}]}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "\udfff"}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "top_logprobs": 3}, 422),  # needs logprobs: true
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "logprobs": True,
-      "top_logprobs": 21}, 422),
-    (b'{"model": "HyperSteerTest", "temperature": NaN, "messages": []}', 400),
-    (b'{"model": "HyperSteerTest", "max_tokens": ' + b"9" * 5000 + b"}", 400),
-    (b"[" * 50_000 + b"]" * 50_000, 400),
-    (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, 400),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
-      "temperature": 1e-300}, 200),  # greedy, as vLLM (logits / 1e-300 overflow)
-]
-
-
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client):
-    bad = 0
-    for body, status in BAD_REQUESTS:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        r = httpx.post(server.url + "/v1/chat/completions", content=raw,
-                       headers={"Content-Type": "application/json"}, timeout=30)
-        assert r.status_code == status, (body if isinstance(body, dict) else body[:40], r.text)
-        if status != 200:
-            bad += 1
-            error = r.json()["error"]
-            assert error["message"] and "\n" not in error["message"] and error["type"]
-    for method, path, status in [("GET", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405),
-                                 ("DELETE", "/v1/models", 405)]:
+    answers = send_all(server.url)
+    for case in BAD_CASES:
+        status, body = answers[case.id]
+        assert status == case.status, (case.id, body)
+        error = body["error"]
+        assert error["message"] and "\n" not in error["message"] and error["type"], case.id
+    for method, path, status in ROUTES:
         r = httpx.request(method, server.url + path)
         assert r.status_code == status and r.json()["error"]["message"]
-        bad += 1
-    assert bad >= 20
+    for body in [  # edge cases that are not errors
+            {"model": MODEL_ID, "messages": [{"role": "assistant", "content": "hi"},
+                                             {"role": "assistant", "content": "again"}],
+             "max_tokens": 2},  # the tiny template accepts any order
+            {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+             "temperature": 1e-300}]:  # greedy, as vLLM (logits / 1e-300 overflow)
+        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
     assert chat(client).choices[0].finish_reason == "length"
+
+    doc = DOC_PATH.read_text(encoding="utf-8")
+    messages = {cid: body["error"]["message"] for cid, (_, body) in answers.items()}
+    assert SECTION in doc and doc.split(SECTION)[1] == section(messages).split(SECTION)[1], (
+        "the serve section of docs/bad-inputs.md is stale: python tests/serve_bad_requests.py")
 
 
 def test_disconnect_mid_stream_frees_the_row(server):
