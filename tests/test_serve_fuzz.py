@@ -8,8 +8,8 @@ and idle after. Bodies come from the request schema and beyond it: each field va
 raw bytes (deep nesting, NaN, 5000-digit integers, truncated JSON, junk).
 
 Bounded: ``EXAMPLES`` bodies, at most ``BUDGET_S`` seconds of them (later examples are skipped
-once it is spent; at least ``MIN_EXAMPLES`` must have run), 8 generated tokens at most per
-request (the server's ``max_tokens``). Seeded (``derandomize``), so a run is repeatable.
+once it is spent; at least ``MIN_EXAMPLES`` must have run), 20 s per body (hypothesis's
+deadline), 8 generated tokens at most per request (the server's ``max_tokens``). Seeded (``derandomize``), so a run is repeatable.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -31,9 +32,9 @@ from serve_helpers import CONCEPTS, RunningServer, write_hypernet  # noqa: E402
 
 MODEL_ID = "HyperSteerTest"
 MAX_TOKENS = 8
-EXAMPLES = 130
-MIN_EXAMPLES = 60
-BUDGET_S = 30.0
+EXAMPLES = 120
+MIN_EXAMPLES = 50
+BUDGET_S = 25.0
 GOOD = [  # well-formed steered greedy requests sent alongside the fuzz
     {"messages": [{"role": "user", "content": "Tell me about the Roman empire."}],
      "steering": {"prompt": CONCEPTS[0], "factor": 8.0}},
@@ -233,8 +234,8 @@ def test_fuzzed_bodies_never_5xx_and_concurrent_good_requests_are_unchanged(serv
     start = time.monotonic()
     http = httpx.Client()
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), print_blob=False)
+    @settings(max_examples=EXAMPLES, deadline=timedelta(seconds=20), derandomize=True,
+              database=None, suppress_health_check=list(HealthCheck), print_blob=False)
     @given(body=BODY)
     @example(body={"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
                    "seed": 2 ** 80, "temperature": 0.7, "steering": {"prompt": CONCEPTS[0]}})
@@ -259,8 +260,8 @@ def test_fuzzed_bodies_never_5xx_and_concurrent_good_requests_are_unchanged(serv
           f"{dict(sorted(statuses.items()))}; {traffic.answered} well-formed requests alongside")
     assert sum(statuses.values()) >= MIN_EXAMPLES, f"only {statuses} in {BUDGET_S} s"
     # The bodies reach every layer: parser, schema, engine (answered, batched with the traffic).
-    assert statuses.get(200, 0) >= 10 and statuses.get(400, 0) >= 10 \
-        and statuses.get(422, 0) >= 10, statuses
+    assert statuses.get(200, 0) >= 5 and statuses.get(400, 0) >= 5 \
+        and statuses.get(422, 0) >= 5, statuses
     assert traffic.wrong == [], traffic.wrong[:3]
     assert traffic.answered >= len(GOOD), "no well-formed request ran alongside the fuzz"
     health = httpx.get(url + "/health").json()
