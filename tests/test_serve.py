@@ -154,6 +154,25 @@ def test_concurrent_requests_batch_and_equal_each_alone(client, server):
         assert batched.usage.completion_tokens == alone.usage.completion_tokens <= r["max_tokens"]
 
 
+def test_the_issue_25_batch_a_huge_seed_no_longer_fails_its_batch_mates(client, server):
+    """Issue 25: a seed of 2**80 sent with four well-formed steered requests made all five 500.
+    Now it is refused at the edge and the four are answered as when alone."""
+    good = [dict(content=c, steering={"prompt": s, "factor": FACTOR}, max_tokens=12)
+            for c, s in zip([BASE, "Write a poem.", "Say hello.", "Explain recursion."],
+                            CONCEPTS + CONCEPTS[:1])]
+    bad = {"model": MODEL_ID, "seed": 2 ** 80, "temperature": 0.7, "max_tokens": 12,
+           "messages": [{"role": "user", "content": BASE}],
+           "steering": {"prompt": STEER, "factor": FACTOR}}
+    with ThreadPoolExecutor(5) as pool:
+        refused = pool.submit(httpx.post, server.url + "/v1/chat/completions", json=bad,
+                              timeout=60)
+        together = list(pool.map(lambda r: chat(client, **r), good))
+    assert refused.result().status_code == 422
+    assert refused.result().json()["error"]["param"] == "seed"
+    for r, batched in zip(good, together):
+        assert batched.choices[0].message.content == chat(client, **r).choices[0].message.content
+
+
 def test_sampling_follows_the_seed(client):
     kw = dict(steering={"prompt": STEER, "factor": 2.0}, max_tokens=20, temperature=1.0)
     first = [chat(client, seed=s, **kw).choices[0].message.content for s in (1, 1, 2)]
