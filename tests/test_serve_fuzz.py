@@ -272,3 +272,12 @@ def test_fuzzed_bodies_never_5xx_and_concurrent_good_requests_are_unchanged(serv
         time.sleep(0.01)
     assert server.scheduler.stats() == {"queued": 0, "active_rows": 0, "cohorts": 0}
     assert post(url, good_body(0)).json()["choices"][0]["message"]["content"] == alone[0]
+
+
+def test_json_depth_counts_brackets_outside_strings_only():
+    from axbench_hypersteer.serve.app import json_depth
+
+    inside = {"a": "[" * 100 + '\\"{' * 50 + "\\", "b": [[[]]], "c": "]]]"}
+    assert json_depth(json.dumps(inside).encode()) == 4
+    assert json_depth(b"[" * 33 + b"]" * 33) == 33
+    assert json_depth(b'{"a": "[[[[') == 1 and json_depth(b"]]") == 0 and json_depth(b"") == 0

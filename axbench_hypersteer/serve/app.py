@@ -16,10 +16,10 @@ import json
 import re
 import time
 import uuid
-from itertools import accumulate
 from dataclasses import dataclass
 from importlib import resources
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
@@ -46,16 +46,20 @@ class Limits:
 
 # A JSON string (escapes included), or an unterminated one running to the end: matched
 # possessively, so that a body of many escaped quotes is still scanned in linear time.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\Z)', re.S)
-_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in _DEPTH_STEP)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\Z)', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def json_depth(raw: bytes) -> int:
     """The deepest nesting of arrays and objects in ``raw``, brackets inside strings ignored;
-    C-speed passes (about 10 ms per MiB), so a body can be measured before it is parsed."""
-    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+    a regex and a cumulative sum (tens of milliseconds per MiB), so a body is measured before
+    the parser, which recurses once per level, sees it."""
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS),
+                             dtype=np.uint8)
+    if not brackets.size:
+        return 0
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
+    return int(max(0, steps.cumsum().max()))
 
 
 def _no_constant(name: str):
@@ -165,7 +169,9 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         try:
-            body = parse_body(await read_body(request, limits.max_body_bytes), limits)
+            raw = await read_body(request, limits.max_body_bytes)
+            # Off the event loop: a 1 MiB body takes a while to measure and parse.
+            body = await asyncio.to_thread(parse_body, raw, limits)
         except RequestError as err:
             return error_response(err.status, str(err))
         try:
