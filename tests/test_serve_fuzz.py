@@ -33,9 +33,9 @@ from serve_helpers import CONCEPTS, RunningServer, write_hypernet  # noqa: E402
 
 MODEL_ID = "HyperSteerTest"
 MAX_TOKENS = 8
-EXAMPLES = 120
-MIN_EXAMPLES = 30  # reached with ease unless the machine is starved (load 15 on 2 cores: 63)
-BUDGET_S = 25.0
+EXAMPLES = 100
+MIN_EXAMPLES = 20  # ~100 at ease; 48 in 25 s at load 15 on 2 cores
+BUDGET_S = 20.0
 GOOD = [  # well-formed steered greedy requests sent alongside the fuzz
     {"messages": [{"role": "user", "content": "Tell me about the Roman empire."}],
      "steering": {"prompt": CONCEPTS[0], "factor": 8.0}},
