@@ -34,7 +34,8 @@ setup(
         # Debian's chromium; `make browser` installs it), so `.[test]` includes `.[serve]`.
         "pipeline": PIPELINE,
         "serve": [*SERVE, *PIPELINE],
-        "test": ["pytest>=8", "selenium>=4.20", *SERVE, *PIPELINE],
+        # hypothesis: the property-based fuzz of `hypersteer serve`'s request bodies.
+        "test": ["pytest>=8", "selenium>=4.20", "hypothesis>=6.100", *SERVE, *PIPELINE],
         # Scale-out training: torchao's 8-bit AdamW (`optimizer: adamw8bit`), the one that works
         # on FSDP2's sharded parameters. The test suite exercises it, so `make test` installs it.
         "scale": ["torchao>=0.18,<0.19"],

@@ -6,7 +6,6 @@ hypernetwork; the reference is ``HyperSteer.generate`` on a second copy of the s
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,9 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed (pip ins
 
 from axbench_hypersteer.serve.cli import build_server  # noqa: E402
 from axbench_hypersteer.serve.loading import load_hypersteer  # noqa: E402
+from serve_bad_requests import CASES as BAD_CASES  # noqa: E402
+from serve_bad_requests import (DOC_PATH, ROUTES, SECTION, SERVER_OPTIONS,  # noqa: E402
+                                section, send_all)
 from serve_helpers import CONCEPTS, RunningServer, write_hypernet  # noqa: E402
 
 MODEL_ID = "HyperSteerTest"
@@ -34,7 +36,7 @@ def hypernet(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def server(hypernet):
-    app, scheduler = build_server(hypernet, device="cpu", max_tokens=2000, max_prompt_tokens=200)
+    app, scheduler = build_server(hypernet, device="cpu", **SERVER_OPTIONS)
     running = RunningServer(app, scheduler)
     yield running
     running.stop()
@@ -152,69 +154,57 @@ def test_concurrent_requests_batch_and_equal_each_alone(client, server):
         assert batched.usage.completion_tokens == alone.usage.completion_tokens <= r["max_tokens"]
 
 
+def test_the_issue_25_batch_a_huge_seed_no_longer_fails_its_batch_mates(client, server):
+    """Issue 25: a seed of 2**80 sent with four well-formed steered requests made all five 500.
+    Now it is refused at the edge and the four are answered as when alone."""
+    good = [dict(content=c, steering={"prompt": s, "factor": FACTOR}, max_tokens=12)
+            for c, s in zip([BASE, "Write a poem.", "Say hello.", "Explain recursion."],
+                            CONCEPTS + CONCEPTS[:1])]
+    bad = {"model": MODEL_ID, "seed": 2 ** 80, "temperature": 0.7, "max_tokens": 12,
+           "messages": [{"role": "user", "content": BASE}],
+           "steering": {"prompt": STEER, "factor": FACTOR}}
+    with ThreadPoolExecutor(5) as pool:
+        refused = pool.submit(httpx.post, server.url + "/v1/chat/completions", json=bad,
+                              timeout=60)
+        together = list(pool.map(lambda r: chat(client, **r), good))
+    assert refused.result().status_code == 422
+    assert refused.result().json()["error"]["param"] == "seed"
+    for r, batched in zip(good, together):
+        assert batched.choices[0].message.content == chat(client, **r).choices[0].message.content
+
+
 def test_sampling_follows_the_seed(client):
     kw = dict(steering={"prompt": STEER, "factor": 2.0}, max_tokens=20, temperature=1.0)
     first = [chat(client, seed=s, **kw).choices[0].message.content for s in (1, 1, 2)]
     assert first[0] == first[1] != first[2]
 
 
-BAD_REQUESTS = [  # (body or raw bytes, expected status)
-    (b"{not json", 400),
-    (b"[1, 2]", 400),
-    (b"\xff\xfe", 400),
-    ({"messages": [{"role": "user", "content": "hi"}]}, 422),                  # no model
-    ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404),
-    ({"model": MODEL_ID, "messages": []}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "robot", "content": "hi"}]}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user"}]}, 422),
-    ({"model": MODEL_ID, "messages": "hi"}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9999}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "steer": "x"}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "stop": list("abcde")},
-     422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "x", "factor": "strong"}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "  "}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": ["x"] * 9}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "x", "factor": 1e9}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "x", "path": "/etc/passwd"}}, 422),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-      "steering": {"prompt": "x" * 3000}}, 413),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "word " * 7000}]}, 413),
-    ({"model": MODEL_ID, "messages": [{"role": "user", "content": "word " * 400}]}, 413),  # tokens
-    (b"{" + b" " * (1 << 20) + b"}", 413),
-    ({"model": MODEL_ID, "messages": [{"role": "assistant", "content": "hi"},
-                                      {"role": "assistant", "content": "again"}],
-      "max_tokens": 2}, 200),  # the tiny template accepts any order: not an error here
-]
-
-
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, client):
-    bad = 0
-    for body, status in BAD_REQUESTS:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        r = httpx.post(server.url + "/v1/chat/completions", content=raw,
-                       headers={"Content-Type": "application/json"}, timeout=30)
-        assert r.status_code == status, (body if isinstance(body, dict) else body[:40], r.text)
-        if status != 200:
-            bad += 1
-            error = r.json()["error"]
-            assert error["message"] and "\n" not in error["message"] and error["type"]
-    for method, path, status in [("GET", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405),
-                                 ("DELETE", "/v1/models", 405)]:
+    answers = send_all(server.url)
+    for case in BAD_CASES:
+        status, body = answers[case.id]
+        assert status == case.status, (case.id, body)
+        error = body["error"]
+        assert error["message"] and "\n" not in error["message"] and error["type"], case.id
+    for method, path, status in ROUTES:
         r = httpx.request(method, server.url + path)
         assert r.status_code == status and r.json()["error"]["message"]
-        bad += 1
-    assert bad >= 20
+    for body in [  # edge cases that are not errors
+            {"model": MODEL_ID, "messages": [{"role": "assistant", "content": "hi"},
+                                             {"role": "assistant", "content": "again"}],
+             "max_tokens": 2},  # the tiny template accepts any order
+            {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+             "temperature": 1e-300},  # greedy, as vLLM (logits / 1e-300 overflow)
+            {"model": MODEL_ID, "messages": [{"role": "user", "content": "[{" * 40}],
+             "max_tokens": 2}]:  # brackets inside strings are not nesting
+        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
     assert chat(client).choices[0].finish_reason == "length"
+
+    doc = DOC_PATH.read_text(encoding="utf-8")
+    messages = {cid: body["error"]["message"] for cid, (_, body) in answers.items()}
+    assert SECTION in doc and doc.split(SECTION)[1] == section(messages).split(SECTION)[1], (
+        "the serve section of docs/bad-inputs.md is stale: python tests/serve_bad_requests.py")
 
 
 def test_disconnect_mid_stream_frees_the_row(server):
@@ -316,3 +306,46 @@ def test_a_row_merged_into_a_new_cohort_continues_exactly(reference):
     alone = reference.generate([BASE, "Write a poem."], [STEER, STEER], [FACTOR, -FACTOR],
                                max_new_tokens=20)
     assert ["".join(texts[0]), "".join(texts[1])] == alone
+
+
+def test_logprobs_are_the_steered_models_own(client, reference):
+    """``logprobs``/``top_logprobs`` as OpenAI defines them: per generated token its text, bytes
+    and log-probability, with the top k rivals; the numbers equal a cache-free full forward of
+    the same steered model over prompt + tokens so far (greedy: the token is the top rival)."""
+    from axbench_hypersteer.model.steering import SteeringSource
+    from axbench_hypersteer.serve.engine import Engine
+
+    r = chat(client, steering={"prompt": STEER, "factor": FACTOR}, max_tokens=10,
+             logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 10
+    assert "".join(e.token for e in content) == r.choices[0].message.content
+
+    tok = reference.tokenizer
+    ids = tok(Engine(reference).chat_prompt([{"role": "user", "content": BASE}]),
+              add_special_tokens=True, return_tensors="pt")["input_ids"]
+    vector = reference.steering_vectors([STEER], base_prompts=[BASE])
+    with torch.no_grad():
+        for entry in content:
+            logits = reference.steerer.forward(
+                SteeringSource(torch.tensor([FACTOR]), delta=vector), input_ids=ids,
+                attention_mask=torch.ones_like(ids)).logits[0, -1]
+            logprobs = torch.log_softmax(logits.float(), -1)
+            top = logprobs.topk(3)
+            assert [e.token for e in entry.top_logprobs] == [tok.decode([int(t)])
+                                                            for t in top.indices]
+            assert [e.logprob for e in entry.top_logprobs] == pytest.approx(
+                top.values.tolist(), abs=1e-4)
+            assert entry.token == entry.top_logprobs[0].token
+            assert entry.logprob == pytest.approx(float(top.values[0]), abs=1e-4)
+            assert bytes(entry.bytes).decode() == entry.token
+            ids = torch.cat([ids, top.indices[:1].view(1, 1)], 1)
+
+    streamed = list(chat(client, steering={"prompt": STEER, "factor": FACTOR}, max_tokens=10,
+                         logprobs=True, top_logprobs=3, stream=True))
+    entries = [e for c in streamed if c.choices and c.choices[0].logprobs
+               for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in entries] == [(e.token, e.logprob) for e in content]
+    plain = chat(client, max_tokens=3, logprobs=True)
+    assert [e.top_logprobs for e in plain.choices[0].logprobs.content] == [[], [], []]
+    assert chat(client, max_tokens=3).choices[0].logprobs is None

@@ -2,8 +2,10 @@
 
 Every refusal is OpenAI's error JSON (``{"error": {"message", "type", "param", "code"}}``) with
 the status a client can act on: 400 unreadable JSON, 422 invalid fields, 401 bad key, 404
-unknown model or route, 413 too long, 429 queue full, 500 a failed batch. The body is parsed by
-hand rather than by a FastAPI parameter so that each of those is under this module's control.
+unknown model or route, 413 too long, 429 queue full, 500 a request the engine failed on. The body
+is parsed by hand rather than by a FastAPI parameter so that each of those is under this module's
+control, and so that its size and nesting depth are checked before the parser sees it (Python's
+JSON parser recurses once per level and a 50,000-level body overflows the interpreter stack).
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from importlib import resources
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import Delta, Failed, Finished, Job, RequestError, Sampling, Steering
+from .engine import GREEDY_BELOW, Delta, Failed, Finished, Job, RequestError, Sampling, Steering
 from .scheduler import QueueFull, Scheduler
 from .schemas import ChatRequest
 
@@ -37,6 +41,58 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_prompt_chars: int = 32_000   # all messages; tokens are checked again by the engine
     max_steering_chars: int = 2_000  # per steering prompt
+    max_json_depth: int = 32         # a valid request nests 5 deep
+
+
+# A JSON string (escapes included), or an unterminated one running to the end: matched
+# possessively, so that a body of many escaped quotes is still scanned in linear time.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\Z)', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``raw``, brackets inside strings ignored;
+    a regex and a cumulative sum (tens of milliseconds per MiB), so a body is measured before
+    the parser, which recurses once per level, sees it."""
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS),
+                             dtype=np.uint8)
+    if not brackets.size:
+        return 0
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
+    return int(max(0, steps.cumsum().max()))
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(raw: bytes, limits: Limits) -> dict:
+    """Bytes -> the request object, or ``RequestError`` (400, 413); never another exception."""
+    if len(raw) > limits.max_body_bytes:
+        raise RequestError(413, f"request body over {limits.max_body_bytes} bytes")
+    if json_depth(raw) > limits.max_json_depth:
+        raise RequestError(400, "the request body nests deeper than "
+                           f"{limits.max_json_depth} levels")
+    try:
+        # NaN and Infinity are Python's extensions, not JSON; integers over 4300 digits and
+        # bad UTF-8 raise ValueError too.
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise RequestError(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    return body
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes ``limit`` (a chunked upload names no length)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def error_response(status: int, message: str, param: str | None = None,
@@ -46,11 +102,17 @@ def error_response(status: int, message: str, param: str | None = None,
         "param": param, "code": code}})
 
 
+# pydantic names the member of a union (``str``, ``list[TextPart]``, ``function-after[...]``)
+# in an error's location; the client wants the field's path only.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|.*\[.*)$")
+
+
 def validation_message(err: ValidationError) -> tuple[str, str]:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "body"
+    loc = ".".join(str(p) for p in first["loc"]
+                   if isinstance(p, int) or not _UNION_TAG.match(p)) or "body"
     msg = first["msg"] if first["type"] != "extra_forbidden" else "unknown field"
-    return f"{loc}: {msg}", loc
+    return f"{loc}: {msg.removeprefix('Value error, ')}", loc
 
 
 def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
@@ -106,15 +168,12 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        raw = await request.body()
-        if len(raw) > limits.max_body_bytes:
-            return error_response(413, f"request body over {limits.max_body_bytes} bytes")
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error_response(400, "the request body is not valid JSON")
-        if not isinstance(body, dict):
-            return error_response(400, "the request body must be a JSON object")
+            raw = await read_body(request, limits.max_body_bytes)
+            # Off the event loop: a 1 MiB body takes a while to measure and parse.
+            body = await asyncio.to_thread(parse_body, raw, limits)
+        except RequestError as err:
+            return error_response(err.status, str(err))
         try:
             req = ChatRequest.model_validate(body)
         except ValidationError as err:
@@ -133,24 +192,27 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
         if isinstance(first, Failed):
             return error_response(first.status, first.message)
         echo = steering_echo(job.steering, first.vector_norm)
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
-                "model": model_id}
+        meta = {"id": job.id, "created": int(time.time()), "model": model_id}
         if req.stream:
             usage = req.stream_options is not None and req.stream_options.include_usage
-            return StreamingResponse(sse(job, channel, meta, echo, first.prompt_tokens, usage),
+            return StreamingResponse(sse(job, channel, meta, echo, first.prompt_tokens, usage,
+                                         req.logprobs),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         parts: list[str] = []
+        logprobs: list[dict] = []
         while True:
             event = await channel.get()
             if isinstance(event, Delta):
                 parts.append(event.text)
+                logprobs += event.logprobs or []
             elif isinstance(event, Failed):
                 return error_response(event.status, event.message)
             elif isinstance(event, Finished):
                 break
         return {**meta, "object": "chat.completion", "choices": [{
             "index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+            "logprobs": {"content": logprobs, "refusal": None} if req.logprobs else None,
             "finish_reason": event.reason}],
             "usage": usage_of(first.prompt_tokens, event.completion_tokens),
             "steering": echo}
@@ -174,8 +236,11 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
                 raise RequestError(413, "steering.prompt: over "
                                    f"{limits.max_steering_chars} characters", "steering.prompt")
             steering = Steering(prompts, req.steering.factor)
-        sampling = Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                            seed=req.seed, stop=req.stops(), ignore_eos=req.ignore_eos)
+        # As vLLM: a temperature this small is greedy (dividing logits by 1e-300 overflows).
+        temperature = req.temperature if req.temperature >= GREEDY_BELOW else 0.0
+        sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=req.top_p,
+                            seed=req.seed, stop=req.stops(), ignore_eos=req.ignore_eos,
+                            logprobs=(req.top_logprobs or 0) if req.logprobs else None)
         loop = asyncio.get_running_loop()
         channel: asyncio.Queue = asyncio.Queue()
         ended = False
@@ -187,7 +252,8 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
             ended = isinstance(event, (Finished, Failed))
             loop.call_soon_threadsafe(channel.put_nowait, event)
 
-        return Job(messages, steering, sampling, sink), channel
+        job = Job(messages, steering, sampling, sink, id=f"chatcmpl-{uuid.uuid4().hex[:24]}")
+        return job, channel
 
     return app
 
@@ -198,12 +264,15 @@ def usage_of(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 async def sse(job: Job, channel: asyncio.Queue, meta: dict, echo: dict, prompt_tokens: int,
-              include_usage: bool):
+              include_usage: bool, logprobs: bool = False):
     """Server-sent events in OpenAI's chunk format. If the client goes away, the job is
     cancelled and its row leaves the batch at the next decode step."""
-    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
-        body = {**meta, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    def chunk(delta: dict, finish: str | None = None, entries: list | None = None,
+              **extra) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish,
+                  "logprobs": {"content": entries or [], "refusal": None} if logprobs
+                  and entries is not None else None}
+        body = {**meta, "object": "chat.completion.chunk", "choices": [choice], **extra}
         return f"data: {json.dumps(body)}\n\n"
 
     finished = False
@@ -212,7 +281,7 @@ async def sse(job: Job, channel: asyncio.Queue, meta: dict, echo: dict, prompt_t
         while True:
             event = await channel.get()
             if isinstance(event, Delta):
-                yield chunk({"content": event.text})
+                yield chunk({"content": event.text}, entries=event.logprobs)
             elif isinstance(event, Finished):
                 finished = True
                 yield chunk({}, event.reason, steering=echo)

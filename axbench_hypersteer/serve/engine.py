@@ -10,6 +10,10 @@ instead of waiting for the running batch to end (``scheduler.py`` decides when).
 The arithmetic is the package's: vectors come from ``HyperSteer.steering_vectors`` /
 ``compute_vectors`` and are added by ``Steerer.forward`` with a ``SteeringSource``, so a greedy
 row equals ``HyperSteer.generate`` on the same prompt token for token (tested).
+
+Fault isolation: a request whose preprocessing, vector or sampling fails gets ``Failed`` alone
+and leaves; its batch mates carry on (``prepare``, ``Cohort._advance``). A failed batched forward
+is the scheduler's to split (``scheduler.Scheduler._launch``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from ..model.hypersteer import HyperSteer
 from ..model.steering import SteeringSource
 
 logger = logging.getLogger(__name__)
+
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy (as vLLM): logits / 1e-300 overflow
 
 
 class RequestError(HyperSteerError, ValueError):
@@ -46,6 +52,7 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False   # always max_tokens tokens (load tests; vLLM's extension)
+    logprobs: int | None = None  # None: none; k: each token's log-prob and its top k rivals
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class Started:
 @dataclass
 class Delta:
     text: str
+    logprobs: list[dict] | None = None  # OpenAI's entries for the tokens this text completes
 
 
 @dataclass
@@ -91,6 +99,15 @@ class Job:
     sampling: Sampling
     sink: Callable[[object], None]
     cancelled: bool = False
+    id: str = "request"  # named in the log when this request is the one that failed
+
+
+def fail_alone(job: Job, stage: str, err: BaseException) -> None:
+    """End one request on an unexpected error (a bug, or an input the edge let through), and say
+    in the log which request it was: its batch mates are not affected."""
+    logger.error("request %s failed during %s and was ended alone (%s: %s)", job.id, stage,
+                 type(err).__name__, err, exc_info=err)
+    job.sink(Failed(500, f"internal error while {stage} this request: {type(err).__name__}"))
 
 
 @dataclass
@@ -101,6 +118,7 @@ class Row:
     generator: torch.Generator | None    # own RNG per row: sampling independent of batch mates
     generated: list[int] = field(default_factory=list)
     emitted: int = 0                     # characters of the text already sent
+    logprobs: list[dict] = field(default_factory=list)  # entries not sent yet
 
 
 class Engine:
@@ -145,7 +163,7 @@ class Engine:
     def prepare(self, jobs: Sequence[Job]) -> list[Row]:
         """Tokenise and compute each job's vector (one hypernetwork call for all of them); a job
         that cannot run gets a ``Failed`` event and no row."""
-        accepted: list[tuple[Job, list[int]]] = []
+        accepted: list[tuple[Job, list[int], torch.Generator | None]] = []
         for job in jobs:
             try:
                 ids = self.tokenizer(self.chat_prompt(job.messages),
@@ -154,23 +172,39 @@ class Engine:
                     raise RequestError(413, f"messages: the prompt has {len(ids)} tokens, more "
                                        f"than this server's limit of {self.max_prompt_tokens}",
                                        "messages")
+                accepted.append((job, ids, self._generator(job.sampling)))
             except RequestError as err:
                 job.sink(Failed(err.status, str(err)))
-                continue
-            accepted.append((job, ids))
-        vectors = self._vectors([(job, ids) for job, ids in accepted])
+            except Exception as err:  # noqa: BLE001 - this request's alone
+                fail_alone(job, "preparing", err)
+        try:
+            vectors = self._vectors([(job, ids) for job, ids, _ in accepted])
+        except Exception:  # noqa: BLE001 - find the request that caused it, serve the others
+            logger.warning("a batched vector computation for %d requests failed; computing "
+                           "them one by one", len(accepted), exc_info=True)
+            vectors = []
+            for job, ids, _ in accepted:
+                try:
+                    vectors.append(self._vectors([(job, ids)])[0])
+                except Exception as err:  # noqa: BLE001
+                    fail_alone(job, "computing the steering vector of", err)
+                    vectors.append(None)
         rows = []
-        for (job, ids), vector in zip(accepted, vectors):
-            generator = None
-            if job.sampling.temperature > 0:
-                generator = torch.Generator(device=self.model.device)
-                if job.sampling.seed is None:
-                    generator.seed()
-                else:
-                    generator.manual_seed(job.sampling.seed)
-            rows.append(Row(job, ids, vector, generator))
-            job.sink(Started(len(ids), float(vector.float().norm())))
+        for (job, ids, generator), vector in zip(accepted, vectors):
+            if vector is not None:
+                rows.append(Row(job, ids, vector, generator))
+                job.sink(Started(len(ids), float(vector.float().norm())))
         return rows
+
+    def _generator(self, sampling: Sampling) -> torch.Generator | None:
+        if sampling.temperature < GREEDY_BELOW:
+            return None
+        generator = torch.Generator(device=self.model.device)
+        if sampling.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(sampling.seed)
+        return generator
 
     def _vectors(self, jobs: Sequence[tuple[Job, list[int]]]) -> list[torch.Tensor]:
         """Σ of each job's steering vectors, [d] per job."""
@@ -230,6 +264,20 @@ class Engine:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def logprob_entry(self, logits: torch.Tensor, token: int, top: int) -> dict:
+        """OpenAI's ``logprobs.content`` entry for ``token`` given one row's logits [vocab]:
+        the model's own log-probabilities (before temperature and top-p, as vLLM reports them)
+        and the ``top`` most likely tokens; ``bytes`` are the UTF-8 of the token's text."""
+        logprobs = torch.log_softmax(logits.float(), -1)
+        values, ids = logprobs.topk(min(top, logprobs.numel())) if top else ((), ())
+
+        def item(tid: int, value: float) -> dict:
+            text = self.tokenizer.decode([tid])
+            return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+        return {**item(token, float(logprobs[token])),
+                "top_logprobs": [item(int(t), float(v)) for t, v in zip(ids, values)]}
+
 
 class Cohort:
     """Rows prefilled together and decoded in lockstep; a finished or cancelled row leaves.
@@ -273,10 +321,16 @@ class Cohort:
         self._advance(logits)
 
     def _advance(self, logits: torch.Tensor) -> None:
-        tokens = next_tokens(logits, self.rows)
+        """Each row's next token; a row whose sampling or decoding fails leaves alone."""
+        greedy = logits.argmax(-1).tolist()
         keep = []
-        for i, (row, token) in enumerate(zip(self.rows, tokens)):
-            reason = self._push(row, token)
+        for i, row in enumerate(self.rows):
+            try:
+                token = next_token(logits[i], greedy[i], row)
+                reason = self._push(row, token, logits[i])
+            except Exception as err:  # noqa: BLE001 - this row's alone
+                fail_alone(row.job, "sampling", err)
+                continue
             if reason is None:
                 keep.append(i)
             else:
@@ -295,51 +349,56 @@ class Cohort:
                                                  self.factors[index])
         self.cache.batch_select_indices(index)
 
-    def _push(self, row: Row, token: int) -> str | None:
+    def _push(self, row: Row, token: int, logits: torch.Tensor) -> str | None:
         """Append a token, send the text that is now certain; the finish reason, or None."""
         sampling = row.job.sampling
         if token in self.engine.eos_ids and not sampling.ignore_eos:
-            self._emit(row, self.engine.decode(row.generated))
+            self._emit(row, self.engine.decode(row.generated), final=True)
             return "stop"
         row.generated.append(token)
+        if sampling.logprobs is not None:
+            row.logprobs.append(self.engine.logprob_entry(logits, token, sampling.logprobs))
         text = self.engine.decode(row.generated)
         cut = first_stop(text, sampling.stop)
         if cut is not None:
-            self._emit(row, text[:cut])
+            self._emit(row, text[:cut], final=True)
             return "stop"
         if len(row.generated) >= sampling.max_tokens:
-            self._emit(row, text)
+            self._emit(row, text, final=True)
             return "length"
         # Hold back what could still become a stop string, and a half-decoded UTF-8 character.
-        safe = len(text) - max((len(s) - 1 for s in sampling.stop), default=0)
+        safe = max(0, len(text) - max((len(s) - 1 for s in sampling.stop), default=0))
         while safe > 0 and text[safe - 1] == "\ufffd":
             safe -= 1
         self._emit(row, text[:safe])
         return None
 
     @staticmethod
-    def _emit(row: Row, text: str) -> None:
-        if len(text) > row.emitted:
-            row.job.sink(Delta(text[row.emitted:]))
-            row.emitted = len(text)
+    def _emit(row: Row, text: str, final: bool = False) -> None:
+        """Send the text not sent yet, with the log-prob entries of the tokens behind it; the
+        last call sends the remaining entries even without text (a token that completed a
+        stop string is listed, its text cut, as vLLM does)."""
+        if len(text) > row.emitted or (final and row.logprobs):
+            entries = None
+            if row.job.sampling.logprobs is not None:
+                entries, row.logprobs = row.logprobs, []
+            row.job.sink(Delta(text[row.emitted:], entries))
+            row.emitted = max(row.emitted, len(text))
 
 
-def next_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
-    """logits [B, vocab] -> one token per row: argmax for greedy rows, else temperature and
-    nucleus (top-p) sampling with the row's own generator."""
-    tokens = logits.argmax(-1).tolist()
-    for i, row in enumerate(rows):
-        s = row.job.sampling
-        if s.temperature <= 0:
-            continue
-        probs = torch.softmax(logits[i] / s.temperature, -1)
-        if s.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            before = sorted_probs.cumsum(-1) - sorted_probs   # mass of the tokens ranked above
-            sorted_probs[before >= s.top_p] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        tokens[i] = int(torch.multinomial(probs, 1, generator=row.generator))
-    return tokens
+def next_token(logits: torch.Tensor, greedy: int, row: Row) -> int:
+    """One row's logits [vocab] -> its token: ``greedy`` (the argmax) for a greedy row, else
+    temperature and nucleus (top-p) sampling with the row's own generator."""
+    s = row.job.sampling
+    if s.temperature < GREEDY_BELOW:
+        return greedy
+    probs = torch.softmax(logits / s.temperature, -1)
+    if s.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs   # mass of the tokens ranked above
+        sorted_probs[before >= s.top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=row.generator))
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:

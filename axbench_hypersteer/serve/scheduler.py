@@ -10,6 +10,11 @@ per step). A cohort still young (at most ``merge_tokens`` generated) is merged i
 instead: its rows are prefilled again over prompt + tokens so far, which costs one short prefill
 and saves a forward on every later step (a burst that trickles in under load stays one batch). Finished and cancelled rows leave at once (``engine.Cohort``).
 A full queue is refused (HTTP 429) rather than letting latency grow without bound.
+
+Fault isolation: a batched forward (prefill or decode step) that raises does not fail its
+batch. The rows are split in halves and each half is prefilled again over prompt + tokens so
+far (the merge path above, exact for greedy rows), so a poisoned row ends up alone and fails
+alone, in at most log2(rows) splits, while the rest continue; the log names the request.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 from collections import deque
 
 from ..model.errors import HyperSteerError
-from .engine import Cohort, Engine, Failed, Job
+from .engine import Cohort, Engine, Failed, Job, Row, fail_alone
 
 logger = logging.getLogger(__name__)
 
@@ -99,33 +104,60 @@ class Scheduler:
                 if jobs:
                     self._start(jobs)
                 for cohort in running:
-                    self._guarded([r.job for r in cohort.rows], cohort.step, cohort)
+                    self._step(cohort)
             with self._cv:
                 self._cohorts = [c for c in self._cohorts if c.rows]
 
     def _start(self, jobs: list[Job]) -> None:
         """Vectors and prefill of a new cohort; it then steps with the others."""
-        rows: list = []
-        self._guarded(jobs, lambda: rows.extend(self.engine.prepare(jobs)))
-        if not rows:
+        try:
+            rows = self.engine.prepare(jobs)  # fails the jobs it cannot run, one by one
+        except Exception as err:  # noqa: BLE001 - a bug outside any one request
+            logger.exception("preparing %d requests failed", len(jobs))
+            for job in jobs:
+                job.sink(Failed(500, f"internal error while preparing: {type(err).__name__}"))
             return
         for young in [c for c in self._cohorts if c.rows and max(
                 len(r.generated) for r in c.rows) <= self.merge_tokens]:
             rows = young.rows + rows
             young.rows = []  # dropped from the list after this loop turn
-        if rows:
-            cohort = Cohort(self.engine, rows)
-            with self._cv:
-                self._cohorts.append(cohort)
-            self._guarded([r.job for r in rows], cohort.prefill, cohort)
+        self._launch(rows)
 
-    def _guarded(self, jobs: list[Job], fn, cohort: Cohort | None = None) -> None:
-        """A bug or an out-of-memory in one batch fails its requests, not the server."""
+    def _step(self, cohort: Cohort) -> None:
         try:
-            fn()
-        except Exception as err:  # noqa: BLE001 - reported to every affected client
-            logger.exception("decode step failed")
-            for job in jobs:
-                job.sink(Failed(500, f"internal error while generating: {type(err).__name__}"))
-            if cohort is not None:
-                cohort.rows = []
+            cohort.step()
+        except Exception as err:  # noqa: BLE001 - isolate the row that caused it
+            rows = [r for r in cohort.rows if not r.job.cancelled]
+            cohort.rows = []  # its KV cache may be half updated: never step it again
+            self._split(rows, "decoding", err)
+
+    def _launch(self, rows: list[Row]) -> None:
+        """Prefill ``rows`` as one cohort that then steps with the others."""
+        if not rows:
+            return
+        try:
+            cohort = Cohort(self.engine, rows)
+        except Exception as err:  # noqa: BLE001 - isolate the row that caused it
+            self._split(rows, "batching", err)
+            return
+        with self._cv:  # listed before its first token is sent: stats() counts its rows
+            self._cohorts.append(cohort)
+        try:
+            cohort.prefill()  # raises before any row advanced, or not at all
+        except Exception as err:  # noqa: BLE001
+            cohort.rows = []  # dropped from the list after this loop turn
+            self._split(rows, "prefilling", err)
+
+    def _split(self, rows: list[Row], stage: str, err: Exception) -> None:
+        """A batched forward failed: one row alone is the cause and fails; more are retried
+        in halves (each prefilled over prompt + tokens so far, as a merge is)."""
+        if len(rows) == 1:
+            fail_alone(rows[0].job, stage, err)
+            return
+        if rows:
+            logger.warning("a batched forward of %d requests failed while %s (%s: %s); retrying "
+                           "them in halves to isolate the request that caused it", len(rows),
+                           stage, type(err).__name__, err)
+        half = len(rows) // 2
+        self._launch(rows[:half])
+        self._launch(rows[half:])
