@@ -14,10 +14,10 @@ medians and median ratios of back-to-back runs to the official loop.
 Our sides: ``defaults`` (what a user gets: ``length_bucket_group: 16``, ``prefix_cache: auto``,
 which takes memory here), ``plain`` (every option off: the paper's loop), ``bucketed`` and
 ``cached`` (one option each), and ``defaults+fused`` / ``defaults+foreach`` (AdamW's fused or
-multi-tensor kernel; torch picks the per-parameter loop on CPU). ``--device cuda --size 2b`` runs our sides on a GPU at Gemma-2-2B's sizes
-(random weights, bf16 autocast, 22 hypernetwork blocks, layer 20; wall time and peak GPU memory are
-the figures there); the official side is CPU-only here (its pinned transformers 4.45 is not on the
-device image).
+multi-tensor kernel; torch picks the per-parameter loop on CPU). ``--device cuda --size 2b`` runs
+our sides on a GPU at Gemma-2-2B's sizes (random weights, bf16 autocast, 22 hypernetwork blocks,
+layer 20; wall time and peak GPU memory are the figures there); the official side is CPU-only here
+(its pinned transformers 4.45 is not on the device image).
 
 The official side is the AxBench fork's ``HyperSteer.train`` at commit c01a22a, imported at run time
 from the checkout given by ``--official`` (nothing of it is copied here) and run unchanged under
