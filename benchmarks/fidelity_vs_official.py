@@ -22,13 +22,15 @@ runs our side alone).
     python benchmarks/fidelity_vs_official.py --official /tmp/official \\
         --official-pythonpath /tmp/tf445 [--lr 8e-5 1e-3] [--steps 150]
 
-``--time-to-loss`` instead measures issue 16's figure: the training time (process CPU primary, wall
-too; evaluation excluded) our trainer needs to reach the official loop's ``--steps``-step held-out
-loss at lr 8e-5, with the fastest throughput options and with the defaults, over the official
-loop's time for its ``--steps`` steps:
+``--time-to-loss`` instead checks the defaults a user gets (issues 16 and 24), per seed (the seed
+draws the data split and both sides' hypernetwork init): both curves every ``--every`` steps at lr
+8e-5; our share of the official held-out loss drop at each evaluated step (learning per step); the
+training time (process CPU primary, wall too; evaluation excluded) our trainer needs to reach the
+official loop's ``--steps``-step loss over the official loop's time for its ``--steps`` steps; and
+the CPU time per step. ``--plain`` adds a run with every throughput option off (the paper's loop):
 
     python benchmarks/fidelity_vs_official.py --official /tmp/official \\
-        --official-pythonpath /tmp/tf445 --time-to-loss [--every 10]
+        --official-pythonpath /tmp/tf445 --time-to-loss [--every 10] [--seeds 42 43] [--plain]
 
 ``--step-cost`` instead times a training step of the current block against the same block without
 what the fix added (post-norm, query RoPE, soft-capping), interleaved in one process.
@@ -68,8 +70,9 @@ from axbench_hypersteer.testing.tiny import (  # noqa: E402
 OFFICIAL_ENV = "HYPERSTEER_OFFICIAL"
 OFFICIAL_PYTHONPATH_ENV = "HYPERSTEER_OFFICIAL_PYTHONPATH"
 EVAL_STEPS = (0, 10, 50, 100, 150)
-# Issue 16's fastest options for our trainer (benchmarks/throughput_vs_official.py measures each).
-FASTEST = {"length_bucket_group": 16, "prefix_cache": "memory"}
+# Every throughput option off: the paper's loop (the defaults bucket by length; the prefix cache's
+# auto mode is off in these one-epoch runs, where it would only record).
+PLAIN = {"length_bucket_group": 0, "prefix_cache": "off"}
 
 
 @dataclass
@@ -426,54 +429,71 @@ def removed_fraction(ours: dict, official: dict, unsteered: float) -> float:
 
 
 def time_to_loss(setup: Setup, official: Path, pythonpath: str | None, lr: float = 8e-5,
-                 steps: int = 150, every: int = 10) -> dict:
-    """Issue 16's time-to-loss figure. The official loop trains ``steps`` steps; its held-out loss
-    there is the target. Each of our sides (the fastest options, then the defaults; the official
-    run sits between them) is evaluated every ``every`` steps; the first evaluated step at or
-    below the target and its training time over the official ``steps``-step time are reported
-    (``None`` when ours never gets there within ``steps``)."""
+                 steps: int = 150, every: int = 10, plain: bool = False) -> dict:
+    """Issues 16 and 24's figures for one seed. The official loop trains ``steps`` steps; its
+    held-out loss there is the target. Both sides are evaluated every ``every`` steps (ours with
+    its defaults, then the official loop, then, with ``plain``, ours with every option off); for
+    each of our sides: its share of the official loss drop at every evaluated step, the first
+    evaluated step at or below the target and its training time over the official ``steps``-step
+    time (``None`` when ours never gets there within ``steps``), and CPU per step."""
+    marks = list(range(0, steps + 1, every))
+    unsteered = heldout_loss(setup, None)
     ours = {}
     official_times: dict[int, tuple[float, float]] = {}
-    for side in ("fastest", "official", "defaults"):
+    for side in ("defaults", "official") + (("plain",) if plain else ()):
         if side == "official":
-            vectors = train_official(setup, lr, official, pythonpath, steps, eval_steps=(steps,),
+            vectors = train_official(setup, lr, official, pythonpath, steps, eval_steps=marks,
                                      times=official_times)
-            target = heldout_loss(setup, vectors[steps])
+            official_losses = {s: heldout_loss(setup, v) for s, v in sorted(vectors.items())}
             continue
         times: dict[int, tuple[float, float]] = {}
-        vectors = train_ours(setup, lr, steps, eval_steps=range(every, steps + 1, every),
-                             train_config=FASTEST if side == "fastest" else None, times=times)
+        vectors = train_ours(setup, lr, steps, eval_steps=marks,
+                             train_config=PLAIN if side == "plain" else None, times=times)
         ours[side] = ({s: heldout_loss(setup, v) for s, v in sorted(vectors.items())}, times)
+    target = official_losses[steps]
     base_cpu, base_wall = official_times[steps]
-    result = {"target": target, "official_cpu": base_cpu, "official_wall": base_wall,
-              "official_first_cpu": official_times[1][0], "steps": steps, "sides": {}}
+    result = {"seed": setup.seed, "target": target, "unsteered": unsteered,
+              "official_losses": official_losses, "official_cpu": base_cpu,
+              "official_wall": base_wall, "official_first_cpu": official_times[1][0],
+              "steps": steps, "sides": {}}
     for side, (losses, times) in ours.items():
-        hit = next((s for s, loss in losses.items() if loss <= target), None)
+        hit = next((s for s, loss in losses.items() if s and loss <= target), None)
         cpu, wall = times[hit] if hit else (float("nan"), float("nan"))
+        drop = {s: (unsteered - losses[s]) / (unsteered - official_losses[s])
+                for s in marks if s and unsteered != official_losses[s]}
         result["sides"][side] = {"step": hit, "cpu": cpu, "wall": wall,
                                  "cpu_ratio": cpu / base_cpu, "wall_ratio": wall / base_wall,
                                  "losses": losses, "cpu_at_end": times[steps][0],
-                                 "first_cpu": times[1][0]}
+                                 "step_cpu_ratio": times[steps][0] / base_cpu,
+                                 "drop_share": drop, "first_cpu": times[1][0]}
     return result
 
 
 def _print_time_to_loss(r: dict) -> None:
-    print(f"official: {r['steps']} steps, held-out loss {r['target']:.2f} (the target), "
-          f"training {r['official_cpu']:.1f} s CPU, {r['official_wall']:.1f} s wall "
-          f"(data preparation + step 1: {r['official_first_cpu']:.1f} s CPU)")
+    print(f"seed {r['seed']}: unsteered held-out loss {r['unsteered']:.2f}")
+    curve_text = " ".join(f"{s}:{loss:.2f}" for s, loss in r["official_losses"].items())
+    print(f"  official: held-out loss {curve_text}")
+    print(f"  official: {r['steps']} steps, loss {r['target']:.2f} (the target), training "
+          f"{r['official_cpu']:.1f} s CPU, {r['official_wall']:.1f} s wall (data preparation + "
+          f"step 1: {r['official_first_cpu']:.1f} s CPU)")
     for side, v in r["sides"].items():
         losses = " ".join(f"{s}:{loss:.2f}" for s, loss in v["losses"].items())
-        opts = FASTEST if side == "fastest" else "defaults"
-        print(f"ours {side} ({opts}): data preparation + step 1 {v['first_cpu']:.1f} s CPU; "
-              f"held-out loss {losses}")
+        shares = " ".join(f"{s}:{share:.2f}" for s, share in v["drop_share"].items()
+                          if s % 50 == 0 or s == r["steps"])
+        late = min(50, r["steps"])  # early steps: both drops are tiny, their ratio noise
+        print(f"  ours {side}: held-out loss {losses}")
+        print(f"  ours {side}: share of the official drop {shares} (min over the evaluated "
+              f"steps >= {late}: {min(x for s, x in v['drop_share'].items() if s >= late):.2f}); "
+              f"CPU per step {v['step_cpu_ratio']:.2f} x official; data preparation + step 1 "
+              f"{v['first_cpu']:.1f} s CPU")
         if v["step"] is None:
-            print(f"  never <= {r['target']:.2f} within {r['steps']} steps "
+            print(f"    never <= {r['target']:.2f} within {r['steps']} steps "
                   f"({v['cpu_at_end']:.1f} s CPU for all of them)")
         else:
-            print(f"  reaches {r['target']:.2f} at step {v['step']}: {v['cpu']:.1f} s CPU, "
+            print(f"    reaches {r['target']:.2f} at step {v['step']}: {v['cpu']:.1f} s CPU, "
                   f"{v['wall']:.1f} s wall; ours / official: CPU {v['cpu_ratio']:.2f}, "
                   f"wall {v['wall_ratio']:.2f}")
-    print(f"load {_common.load()}")
+    print(f"  load {_common.load()}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,7 +510,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: training time to reach the official held-out loss, ours / "
                         "official (issue 16)")
     p.add_argument("--every", type=int, default=10,
-                   help="--time-to-loss: evaluate ours every this many steps")
+                   help="--time-to-loss: evaluate both sides every this many steps")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42],
+                   help="--time-to-loss: one run per seed (data split and hypernetwork init)")
+    p.add_argument("--plain", action="store_true",
+                   help="--time-to-loss: also run ours with every throughput option off")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -513,13 +537,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _common.quiet()
     torch.set_num_threads(args.threads)
-    setup = build_setup(n_train=args.steps * 4)
     if args.time_to_loss:
         if official is None:
             raise SystemExit("--time-to-loss needs the official checkout (--official)")
-        _print_time_to_loss(time_to_loss(setup, official, args.official_pythonpath,
-                                         args.lr[0], args.steps, args.every))
+        for seed in args.seeds:
+            _print_time_to_loss(time_to_loss(build_setup(n_train=args.steps * 4, seed=seed),
+                                             official, args.official_pythonpath, args.lr[0],
+                                             args.steps, args.every, args.plain))
         return 0
+    setup = build_setup(n_train=args.steps * 4)
     unsteered = heldout_loss(setup, None)
     print(f"unsteered held-out loss {unsteered:.2f}")
     for lr in args.lr:

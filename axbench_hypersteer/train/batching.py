@@ -41,8 +41,11 @@ def bucketed_batches(order: Sequence[int], lengths: Sequence[int], batch_size: i
         batches += plain_batches(chunk, batch_size)
     if group == 1:
         return batches
+    # A short batch stays last, as in plain_batches: the trainer cuts bucketed updates into
+    # micro-batches and groups them by count, which a short one mid-epoch would shift.
+    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()] + short
 
 
 def pad_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:

@@ -35,6 +35,9 @@ from ..model.tokens import hidden_of
 logger = logging.getLogger(__name__)
 
 _GB = 1024 ** 3
+# prefix_cache: auto takes the memory cache only when its estimate is at most this share of the
+# RAM available at start: the rest stays for the model, activations, the data and the OS.
+AUTO_MEMORY_SHARE = 0.5
 
 
 def available_memory_bytes() -> int:
@@ -99,7 +102,7 @@ class FrozenPrefixCache:
         self.dtype = next(base_model.parameters()).dtype
         rows = {k: (lengths if part == "all" else prompt_lengths)
                 for k, part in self.layers.items()}
-        self.nbytes = sum(sum(r) for r in rows.values()) * width * self.dtype.itemsize
+        self.nbytes = cache_bytes(base_model, self.layers, lengths, prompt_lengths)
         self._check_fits(mode, directory, max_gb)
         logger.info("prefix cache (%s): %.2f GB for %d examples, blocks %s", mode,
                     self.nbytes / _GB, len(lengths), list(self.layers))
@@ -215,6 +218,38 @@ class FrozenPrefixCache:
         """Drop the stored rows (a memory-mapped file's space is freed with its mapping)."""
         self.stores.clear()
         self.cached.zero_()
+
+
+def cache_bytes(base_model: torch.nn.Module, layers: dict[int, str], lengths: Sequence[int],
+                prompt_lengths: Sequence[int]) -> int:
+    """What the cache will hold once every example has been seen: one row per real token of each
+    ``"all"`` block, per prompt token of each ``"prompt"`` block, in the base model's dtype."""
+    itemsize = next(base_model.parameters()).dtype.itemsize
+    tokens = sum(sum(lengths if part == "all" else prompt_lengths) for part in layers.values())
+    return tokens * base_model.config.hidden_size * itemsize
+
+
+def auto_mode(need_bytes: int | None, replays: bool, world_size: int,
+              max_gb: float | None) -> tuple[str, str]:
+    """``prefix_cache: auto`` resolved: ("memory" or "off", why). ``need_bytes`` is None when the
+    variant and objective run no frozen block to cache; ``replays``: the run reaches a second
+    epoch (the first one only records)."""
+    if need_bytes is None:
+        return "off", "this variant and objective never run the base model"
+    if not replays:
+        return "off", "the run ends within its first epoch, where the cache only records"
+    if world_size > 1:
+        # DistributedSampler deals every epoch's examples to other ranks, so a rank's batches
+        # rarely hold only examples it has seen, while each rank would grow towards the full set.
+        return "off", f"{world_size} ranks: each sees other examples every epoch"
+    need, free = need_bytes / _GB, available_memory_bytes() / _GB
+    if max_gb is not None and need > max_gb:
+        return "off", f"needs {need:.2f} GB, above prefix_cache_max_gb={max_gb}"
+    if need > AUTO_MEMORY_SHARE * free:
+        return "off", (f"needs {need:.2f} GB, above {AUTO_MEMORY_SHARE:.0%} of the "
+                       f"{free:.2f} GB of RAM available")
+    return "memory", (f"needs {need:.2f} GB, within {AUTO_MEMORY_SHARE:.0%} of the "
+                      f"{free:.2f} GB of RAM available")
 
 
 def cached_blocks(variant: str, steering_layer: int, context_layer: int,

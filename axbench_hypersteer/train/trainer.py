@@ -25,11 +25,11 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from ..model.collate import SteeringCollator
-from ..model.config import TrainConfig
+from ..model.config import ConfigError, TrainConfig
 from ..model.errors import DataError
 from ..model.fileio import load_tensors
 from ..model.hypersteer import HyperSteer
-from .prefix_cache import FrozenPrefixCache, cached_blocks
+from .prefix_cache import FrozenPrefixCache, auto_mode, cache_bytes, cached_blocks
 from .batching import bucketed_batches, pad_fraction, plain_batches
 from .checkpointing import list_checkpoints
 from .dataset import TrainDataset
@@ -139,23 +139,47 @@ class Trainer:
         self.prefix_cache: FrozenPrefixCache | None = None
         if cfg.length_bucket_group or cfg.prefix_cache != "off":
             prompt_lengths, self.lengths = self.collate.lengths(self.train_set.rows)
-        if cfg.prefix_cache != "off":
+        self.prefix_cache_mode = cfg.prefix_cache
+        if cfg.prefix_cache == "auto":
+            self.prefix_cache_mode = self._auto_prefix_cache(prompt_lengths)
+        if self.prefix_cache_mode != "off":
             hs_cfg = model.config
             blocks = cached_blocks(hs_cfg.variant, hs_cfg.steering_layer,
                                    hs_cfg.resolved_context_layer, cfg.objective)
             self.prefix_cache = FrozenPrefixCache(
-                model.base_model, blocks, self.lengths, prompt_lengths, cfg.prefix_cache,
+                model.base_model, blocks, self.lengths, prompt_lengths, self.prefix_cache_mode,
                 self.out_dir, cfg.prefix_cache_max_gb)
+
+    def _auto_prefix_cache(self, prompt_lengths: list[int]) -> str:
+        hs_cfg = self.model.config
+        try:
+            blocks = cached_blocks(hs_cfg.variant, hs_cfg.steering_layer,
+                                   hs_cfg.resolved_context_layer, self.cfg.objective)
+            need = cache_bytes(self.model.base_model, blocks, self.lengths, prompt_lengths)
+        except ConfigError:
+            need = None
+        # A batch replays only once all its examples were recorded: from the second epoch on.
+        replays = self.total_updates * self.cfg.gradient_accumulation_steps > \
+            self.batches_per_epoch
+        mode, why = auto_mode(need, replays, self.dist.world_size, self.cfg.prefix_cache_max_gb)
+        if self.dist.is_main:
+            logger.info("prefix_cache auto -> %s: %s", mode, why)
+        return mode
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """This rank's batches (training example indices) of one epoch: a function of
         (seed, epoch), so a resumed run replays the order."""
         self.sampler.set_epoch(epoch)
         order = list(self.sampler)
+        size = self.cfg.batch_size
         if not self.cfg.length_bucket_group:
-            return plain_batches(order, self.cfg.batch_size)
-        return bucketed_batches(order, self.lengths, self.cfg.batch_size,
-                                self.cfg.length_bucket_group, self.cfg.seed, epoch)
+            return plain_batches(order, size)
+        # Bucketed by update, then cut into micro-batches: accumulating k batches of b still
+        # trains on the examples of one batch of k * b.
+        span = size * self.cfg.gradient_accumulation_steps
+        updates = bucketed_batches(order, self.lengths, span, self.cfg.length_bucket_group,
+                                   self.cfg.seed, epoch)
+        return [u[i:i + size] for u in updates for i in range(0, len(u), size)]
 
     def pad_fraction(self, epoch: int = 0) -> float:
         """Share of padding in the base model's batches of one epoch (docs/benchmarks.md)."""
