@@ -37,6 +37,11 @@ MODELS = {
     "2b": (2304, 26, 8, 20, 22),  # Gemma-2-2B's real sizes (Gemma2Config defaults): GPU only
 }
 
+# Real pretrained models (a GGUF inside a PyPI wheel, de-quantised once by load_base) -> (steering
+# layer, hypernet blocks): SmolLM2's 30 blocks steered at 10 with 4 hypernet blocks, the setting
+# of ../shared/docs/real-lm-checked.md. The hypernetwork stays untrained: timings do not need it.
+REAL_MODELS = {"smollm2-135m-instruct": (10, 4)}
+
 
 def quiet() -> None:
     import logging
@@ -95,6 +100,36 @@ def build(name: str, tokenizer, backend: str = "pyvene", seed: int = 0,
             variant="xattn", steering_layer=layer, num_blocks=blocks,
             cross_attention_heads=heads), backend=backend)
     return model, hs
+
+
+def build_any(name: str, backend: str = "pyvene", seed: int = 0):
+    """(base model, HyperSteer, tokenizer) for a random size of :data:`MODELS` (tiny tokenizer)
+    or a real model of :data:`REAL_MODELS` (its own tokenizer), on the CPU in fp32."""
+    if name in REAL_MODELS:
+        from axbench_hypersteer.model.loading import load_base
+
+        model, tokenizer = load_base(name)
+        model.eval()
+        layer, blocks = REAL_MODELS[name]
+        torch.manual_seed(seed)
+        hs = HyperSteer.from_base(model, tokenizer, HyperSteerConfig(
+            variant="xattn", steering_layer=layer, num_blocks=blocks), backend=backend)
+        return model, hs, tokenizer
+    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    model, hs = build(name, tokenizer, backend=backend, seed=seed)
+    return model, hs, tokenizer
+
+
+def describe(name: str, model) -> str:
+    """Short tag of a model for the one-line results: sizes, steering layer, hypernet blocks."""
+    if name in REAL_MODELS:
+        layer, blocks = REAL_MODELS[name]
+        cfg = model.config
+        return f"{name}(d{cfg.hidden_size},L{cfg.num_hidden_layers},l{layer},N{blocks})"
+    h, n, _, layer, blocks = MODELS[name]
+    return f"{name}(d{h},L{n},l{layer},N{blocks})"
 
 
 def concept10():
