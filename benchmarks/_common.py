@@ -102,23 +102,25 @@ def build(name: str, tokenizer, backend: str = "pyvene", seed: int = 0,
     return model, hs
 
 
-def build_any(name: str, backend: str = "pyvene", seed: int = 0):
+def build_any(name: str, backend: str = "pyvene", seed: int = 0, device: str = "cpu",
+              dtype: torch.dtype = torch.float32):
     """(base model, HyperSteer, tokenizer) for a random size of :data:`MODELS` (tiny tokenizer)
-    or a real model of :data:`REAL_MODELS` (its own tokenizer), on the CPU in fp32."""
+    or a real model of :data:`REAL_MODELS` (its own tokenizer; the hypernetwork seeded, untrained,
+    in its config's dtype)."""
     if name in REAL_MODELS:
         from axbench_hypersteer.model.loading import load_base
 
-        model, tokenizer = load_base(name)
-        model.eval()
+        model, tokenizer = load_base(name, dtype=dtype, device=device)
         layer, blocks = REAL_MODELS[name]
         torch.manual_seed(seed)
-        hs = HyperSteer.from_base(model, tokenizer, HyperSteerConfig(
-            variant="xattn", steering_layer=layer, num_blocks=blocks), backend=backend)
-        return model, hs, tokenizer
+        with torch.device(device):
+            hs = HyperSteer.from_base(model, tokenizer, HyperSteerConfig(
+                variant="xattn", steering_layer=layer, num_blocks=blocks), backend=backend)
+        return model.eval(), hs, tokenizer
     from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
-    model, hs = build(name, tokenizer, backend=backend, seed=seed)
+    model, hs = build(name, tokenizer, backend=backend, seed=seed, device=device, dtype=dtype)
     return model, hs, tokenizer
 
 
