@@ -170,9 +170,10 @@ def wait_for_quiet(threshold: float, max_wait: float, poll: float = 30.0) -> Non
         time.sleep(poll)
 
 
-def interleaved(sides: dict[str, Callable[[], object]], reps: int,
-                warmup: int = 1) -> dict[str, list[float]]:
-    """Wall times of each side, run alternately (A B C, then C B A, ...) ``reps`` times each."""
+def interleaved(sides: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Times of each side (wall, or ``clock``), run alternately (A B C, then C B A, ...)
+    ``reps`` times each."""
     names = list(sides)
     for _ in range(warmup):
         for n in names:
@@ -180,9 +181,9 @@ def interleaved(sides: dict[str, Callable[[], object]], reps: int,
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         for n in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
+            t0 = clock()
             sides[n]()
-            times[n].append(time.perf_counter() - t0)
+            times[n].append(clock() - t0)
     return times
 
 
@@ -202,6 +203,13 @@ def common_args(parser, reps: int) -> None:
     parser.add_argument("--wait-load", type=float, default=0.0,
                         help="first wait until the 1-min load average is below this (0: don't)")
     parser.add_argument("--max-wait", type=float, default=2400.0)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time each side by this process's CPU time instead of wall time "
+                             "(on a saturated machine, where waiting for a core dominates)")
+
+
+def clock(args) -> Callable[[], float]:
+    return time.process_time if getattr(args, "cpu_time", False) else time.perf_counter
 
 
 def start(args) -> None:

@@ -59,7 +59,7 @@ def measure(model, pv, hook, tokenizer, batch: int, factor: float, args) -> dict
             sides[side] = (lambda hs: lambda: hs.generate_ids(ids, mask, None, None, factors,
                                                               vectors=fixed, **gen))(hs)
         sides["vectors"] = vectors_alone
-    times = C.interleaved(sides, reps=args.reps)
+    times = C.interleaved(sides, reps=args.reps, clock=C.clock(args))
     return {side: C.ratio(times, side, "plain") for side in sides if side != "plain"} | {
         "plain_ms": C.median_ms(times["plain"])}
 
@@ -99,7 +99,8 @@ def main() -> None:
     batches = "/".join(str(b) for b in args.batch)
     factors = "/".join(f"{f:g}" for f in args.factors)
     print(f"P1 steered/plain generation (batch {batches}, factor {factors}, {args.new_tokens} new "
-          f"tokens, fp32, {args.threads} thread(s), median of {args.reps}): " + " | ".join(parts)
+          f"tokens, fp32, {args.threads} thread(s), {'CPU' if args.cpu_time else 'wall'} time, "
+          f"median of {args.reps}): " + " | ".join(parts)
           + f" | target <= 1.10 | load {C.load()}")
 
 
