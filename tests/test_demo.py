@@ -1,8 +1,8 @@
 """The demo's trained base LM and its held-out steering, judged by the embedding stand-in.
 
-One module-scoped fixture trains the demo's base LM exactly as ``hypersteer demo`` does (about a
-minute of CPU) and its hypernetwork as the demo does (without the dev evaluations); every test
-here reads them and none modifies them.
+One module-scoped fixture trains the demo's base LM and its hypernetwork exactly as
+``hypersteer demo`` does with its default seed and one thread (about two minutes of CPU); every
+test here reads them and none modifies them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from axbench_hypersteer.demo import run as demo
 from axbench_hypersteer.demo.concepts import CONCEPTS, HELD_OUT_CONCEPTS
@@ -23,30 +22,39 @@ from axbench_hypersteer.stages.inference_stage import load_prompts
 from axbench_hypersteer.judge.embedding_rules import EmbeddingScorer
 
 STEERED_FACTORS = (1.0, 1.5, 2.0)
+# Lowest rise of `concept_rise` measured over the 6 runs (3 seeds x 1/2 threads), less a margin.
+HELD_OUT_RISE_BOUND = 0.5
+HELD_IN_RISE_BOUND = 0.8
 # What descriptions share without carrying a concept's meaning.
 FUNCTION_WORDS = {"references", "mentions", "to", "of", "the", "and"}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from axbench_hypersteer.model.hypersteer import HyperSteer
     from axbench_hypersteer.model.loading import load_base
-    from axbench_hypersteer.stages.common import method_dir
     from axbench_hypersteer.stages.run_config import load_run_config
     from axbench_hypersteer.stages.train_stage import train_method
 
     dump = tmp_path_factory.mktemp("demo")
-    config_path = demo.prepare(dump, progress=False)
-    config = yaml.safe_load(config_path.read_text())
-    config["train"]["models"][demo.METHOD].update(dev_examples=0)
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    run = load_run_config(config_path)
-    base = load_base(run.model_name)
-    torch.manual_seed(0)
-    train_method(run, run.method(demo.METHOD), dump, dump, base=base, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the demo: the same weights as its default run on this machine
+    try:
+        config_path = demo.prepare(dump, progress=False)
+        run = load_run_config(config_path)
+        base = load_base(run.model_name)
+        train_method(run, run.method(demo.METHOD), dump, dump, base=base, progress=False)
+        yield dump, load_trained(dump, base)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def load_trained(dump, base):
+    from axbench_hypersteer.model.hypersteer import HyperSteer
+    from axbench_hypersteer.stages.common import method_dir
+
     hs = HyperSteer.from_pretrained(method_dir(dump, demo.METHOD), *base)
     hs.hypernet.eval()
-    return dump, hs
+    return hs
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +70,7 @@ def generate(hs, prompts, concepts, factor):
 
 def test_held_out_concepts_never_reach_training(trained):
     dump, _ = trained
+    assert len(HELD_OUT_CONCEPTS) >= 16  # issue 21: enough that one concept's luck moves little
     frame = pd.read_parquet(dump / "generate" / "train_data.parquet")
     trained_on = set(frame["output_concept"]) - {"EEEEE"}
     assert trained_on == set(ALL_TRAINING_CONCEPTS) and len(trained_on) == 512
@@ -87,21 +96,30 @@ def test_base_lm_answers_on_topic_at_factor_0(trained, scorer):
     assert sum(scores) / len(scores) >= 1.0
 
 
-def test_held_out_steering_raises_the_concept_score(trained, scorer):
-    """The paper's central claim on the demo: concepts the hypernetwork never saw are steered
-    toward. Measured rises (best steered factor over factor 0, 4 prompts): held-out +1.04,
-    held-in +1.55; the margins are about half of that."""
-    _, hs = trained
+def concept_rise(hs, scorer, concepts) -> tuple[float, dict[float, float]]:
+    """Best mean concept score over ``STEERED_FACTORS`` minus factor 0's, on the first 4
+    evaluation prompts; and the means by factor."""
     _, prompts = load_prompts(None)
     prompts = prompts[:4]
-    for concepts, margin in ((HELD_OUT_CONCEPTS, 0.5), (demo.HELD_IN_EVAL, 0.8)):
-        means = {}
-        for factor in (0.0, *STEERED_FACTORS):
-            texts = generate(hs, prompts, concepts, factor)
-            named = (c for c in concepts for _ in prompts)
-            scores = [scorer.concept_score(c, t) for c, t in zip(named, texts)]
-            means[factor] = sum(scores) / len(scores)
-        assert max(means[f] for f in STEERED_FACTORS) >= means[0.0] + margin, (concepts, means)
+    means = {}
+    for factor in (0.0, *STEERED_FACTORS):
+        texts = generate(hs, prompts, concepts, factor)
+        named = (c for c in concepts for _ in prompts)
+        scores = [scorer.concept_score(c, t) for c, t in zip(named, texts)]
+        means[factor] = sum(scores) / len(scores)
+    return max(means[f] for f in STEERED_FACTORS) - means[0.0], means
+
+
+def test_held_out_steering_raises_the_concept_score(trained, scorer):
+    """The paper's central claim on the demo: concepts the hypernetwork never saw are steered
+    toward. The bounds are the lowest rise measured over hypernetwork seeds 42, 7, 1 at one and
+    two threads (docs/benchmarks.md, issue 21), less a margin, so that another machine's
+    rounding or a seed's luck does not decide the test."""
+    _, hs = trained
+    for concepts, bound in ((HELD_OUT_CONCEPTS, HELD_OUT_RISE_BOUND),
+                            (demo.HELD_IN_EVAL, HELD_IN_RISE_BOUND)):
+        rise, means = concept_rise(hs, scorer, concepts)
+        assert rise >= bound, (len(concepts), means)
 
 
 def test_base_lm_is_deterministic_for_a_seed():
