@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -131,3 +132,52 @@ def test_base_lm_is_deterministic_for_a_seed():
         assert torch.equal(a, b), name
     other, _, _ = train_demo_lm(DemoLMConfig(**{**small.__dict__, "seed": 1}), progress=False)
     assert not torch.equal(other.lm_head.weight, first.lm_head.weight)
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
+    from axbench_hypersteer.demo.report import bootstrap_ci
+
+    values = np.random.default_rng(3).uniform(0, 2, size=16)
+    low, high = bootstrap_ci(values)
+    assert (low, high) == bootstrap_ci(values)  # seeded: the report prints the same interval
+    assert low < values.mean() < high
+    wide_low, wide_high = bootstrap_ci(values[:4])
+    assert high - low < wide_high - wide_low  # more concepts, a tighter interval
+    assert bootstrap_ci(np.full(8, 1.25)) == (1.25, 1.25)
+    assert all(np.isnan(bootstrap_ci([1.0])))
+
+
+def test_concept_rise_pairs_concepts_and_runs_table_shows_the_range(tmp_path):
+    from axbench_hypersteer.demo.report import concept_rise, runs_table
+
+    per_concept = pd.DataFrame({
+        "concept_id": [1, 2, 1, 2], "concept": [1.5, 1.0, 0.5, 0.0],
+        "method": ["M", "M", "unsteered (factor 0)", "unsteered (factor 0)"],
+        "concepts": "held-out"})
+    mean, low, high = concept_rise(per_concept, "M", "held-out")
+    assert mean == 1.0 and low == high == 1.0  # each concept rose by exactly 1
+    paths = []
+    for i, steered in enumerate((0.8, 1.2)):
+        rows = pd.DataFrame([{"method": "M", "concepts": "held-out", "n_concepts": 16},
+                             {"method": "unsteered (factor 0)", "concepts": "held-out",
+                              "n_concepts": 16}])
+        for key in ("overall", "concept", "instruction", "fluency", "factor"):
+            rows[f"{key}_mean"] = [steered, 0.1]
+        paths.append(tmp_path / f"run{i}.csv")
+        rows.to_csv(paths[-1], index=False)
+    lines = runs_table(paths).splitlines()
+    assert "| M | held-out | 1.000 [0.800, 1.200] |" in lines[2]
+    assert "| unsteered (factor 0) | held-out | 0.100 | 0.100 |" in lines[3]
+
+
+def test_demo_threads_knob(monkeypatch):
+    from axbench_hypersteer.model.errors import ConfigError
+
+    monkeypatch.delenv(demo.THREADS_ENV, raising=False)
+    assert demo.demo_threads() == 1
+    monkeypatch.setenv(demo.THREADS_ENV, "2")
+    assert demo.demo_threads() == 2 and demo.demo_threads(3) == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv(demo.THREADS_ENV, bad)
+        with pytest.raises(ConfigError, match=demo.THREADS_ENV):
+            demo.demo_threads()

@@ -152,3 +152,37 @@ def write_demo_report(dump_dir: str | Path, method: str, concept_sets: Mapping[s
     atomic_write_text(report, "\n".join(md))
     print(table, end="")
     return report
+
+
+def runs_table(results: list[str | Path]) -> str:
+    """The README's table from several runs' ``results.csv`` (seeds, thread counts): per cell the
+    mean over runs and, in brackets, the lowest and highest run; a cell equal in every run is
+    printed once.
+
+    Why: one run's digits depend on the seed and the CPU's rounding (issue 21); the mean and the
+    range over runs are what another machine can expect to land in."""
+    frames = [pd.read_csv(path) for path in results]
+    keys = ["concepts", "method"]
+    columns = [*(key for _, key in COLUMNS), "factor"]
+    stacked = pd.concat(frames, ignore_index=True)
+    header = ["Method", "Concepts", *(title for title, _ in COLUMNS), "Factor", "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (label, name), group in stacked.groupby(keys, sort=False):
+        cells = [name, label]
+        for key in columns:
+            values = group[f"{key}_mean"]
+            digits = 2 if key == "factor" else 3
+            if values.min() == values.max():  # the same in every run: the base LM's rows
+                cells.append(f"{values.iloc[0]:.{digits}f}")
+            else:
+                cells.append(f"{values.mean():.{digits}f} [{values.min():.{digits}f}, "
+                             f"{values.max():.{digits}f}]")
+        cells.append(str(int(group["n_concepts"].iloc[0])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m axbench_hypersteer.demo.report DUMP/report/results.csv ...
+    import sys
+
+    print(runs_table(sys.argv[1:]), end="")
