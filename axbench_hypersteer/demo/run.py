@@ -105,7 +105,10 @@ def judge_all(dump_dir: Path, run, progress: bool = True) -> str:
         server, url = start_offline_judge(scorer=scorer)
         judge_config = JudgeConfig(**{**judge_config.to_dict(), "base_url": url,
                                       # the stand-in reads only the package's marked rubric
-                                      "rubric": "package"})
+                                      "rubric": "package",
+                                      # on a starved shared machine a local reply can take
+                                      # over a minute; a retry then only adds load
+                                      "timeout": max(judge_config.timeout, 600.0)})
         label = ("offline STAND-IN, not an LLM (all-MiniLM-L6-v2 embedding similarity for "
                  "concept and instruction, repetition for fluency)")
     print(f"[demo] judging with the {label}")
