@@ -23,9 +23,12 @@ from axbench_hypersteer.stages.inference_stage import load_prompts
 from axbench_hypersteer.judge.embedding_rules import EmbeddingScorer
 
 STEERED_FACTORS = (1.0, 1.5, 2.0)
-# Lowest rise of `concept_rise` measured over the 6 runs (3 seeds x 1/2 threads), less a margin.
+# `concept_rise` measured on the demo's hypernetworks of seeds 42, 7, 1 (one thread): held-out
+# +0.875, +0.911, +0.765; held-in +1.305, +1.430, +1.426. Bounds: the lowest less a margin
+# (0.26, 0.3) larger than the spread over seeds, since another machine's rounding moves the
+# trained hypernetwork as a seed does (docs/benchmarks.md, issue 21).
 HELD_OUT_RISE_BOUND = 0.5
-HELD_IN_RISE_BOUND = 0.8
+HELD_IN_RISE_BOUND = 1.0
 # What descriptions share without carrying a concept's meaning.
 FUNCTION_WORDS = {"references", "mentions", "to", "of", "the", "and"}
 
@@ -113,9 +116,8 @@ def concept_rise(hs, scorer, concepts) -> tuple[float, dict[float, float]]:
 
 def test_held_out_steering_raises_the_concept_score(trained, scorer):
     """The paper's central claim on the demo: concepts the hypernetwork never saw are steered
-    toward. The bounds are the lowest rise measured over hypernetwork seeds 42, 7, 1 at one and
-    two threads (docs/benchmarks.md, issue 21), less a margin, so that another machine's
-    rounding or a seed's luck does not decide the test."""
+    toward. The bounds are the lowest rise measured over hypernetwork seeds, less a margin, so
+    that another machine's rounding or a seed's luck does not decide the test."""
     _, hs = trained
     for concepts, bound in ((HELD_OUT_CONCEPTS, HELD_OUT_RISE_BOUND),
                             (demo.HELD_IN_EVAL, HELD_IN_RISE_BOUND)):
