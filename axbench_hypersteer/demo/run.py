@@ -35,8 +35,8 @@ DEFAULT_SEED = 42
 # Intra-op threads change float summation order, hence the trained hypernetwork's last digits;
 # a second thread count stands in for another machine's rounding (issue 21).
 THREADS_ENV = "HYPERSTEER_DEMO_THREADS"
-# Every 4th hand-written training concept is evaluated as "held-in": as many as held-out ones,
-# a quarter of the cost of evaluating all 32.
+# Every 4th hand-written training concept is evaluated as "held-in": a quarter of the cost of
+# evaluating all 32. The held-out set is twice as large because its row carries the claim.
 HELD_IN_EVAL = TRAINING_CONCEPTS[::4]
 
 DEMO_CONFIG = {
