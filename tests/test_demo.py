@@ -1,18 +1,18 @@
 """The demo's trained base LM and its held-out steering, judged by the embedding stand-in.
 
-One module-scoped fixture trains the demo's base LM exactly as ``hypersteer demo`` does (about a
-minute of CPU) and its hypernetwork as the demo does (without the dev evaluations); every test
-here reads them and none modifies them.
+One module-scoped fixture trains the demo's base LM and its hypernetwork exactly as
+``hypersteer demo`` does with its default seed and one thread (about two minutes of CPU); every
+test here reads them and none modifies them.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from axbench_hypersteer.demo import run as demo
 from axbench_hypersteer.demo.concepts import CONCEPTS, HELD_OUT_CONCEPTS
@@ -23,30 +23,42 @@ from axbench_hypersteer.stages.inference_stage import load_prompts
 from axbench_hypersteer.judge.embedding_rules import EmbeddingScorer
 
 STEERED_FACTORS = (1.0, 1.5, 2.0)
+# `concept_rise` measured on the demo's hypernetworks of seeds 42, 7, 1 (one thread): held-out
+# +0.875, +0.911, +0.765; held-in +1.305, +1.430, +1.426. Bounds: the lowest less a margin
+# (0.26, 0.3) larger than the spread over seeds, since another machine's rounding moves the
+# trained hypernetwork as a seed does (docs/benchmarks.md, issue 21).
+HELD_OUT_RISE_BOUND = 0.5
+HELD_IN_RISE_BOUND = 1.0
 # What descriptions share without carrying a concept's meaning.
 FUNCTION_WORDS = {"references", "mentions", "to", "of", "the", "and"}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from axbench_hypersteer.model.hypersteer import HyperSteer
     from axbench_hypersteer.model.loading import load_base
-    from axbench_hypersteer.stages.common import method_dir
     from axbench_hypersteer.stages.run_config import load_run_config
     from axbench_hypersteer.stages.train_stage import train_method
 
     dump = tmp_path_factory.mktemp("demo")
-    config_path = demo.prepare(dump, progress=False)
-    config = yaml.safe_load(config_path.read_text())
-    config["train"]["models"][demo.METHOD].update(dev_examples=0)
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    run = load_run_config(config_path)
-    base = load_base(run.model_name)
-    torch.manual_seed(0)
-    train_method(run, run.method(demo.METHOD), dump, dump, base=base, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the demo: the same weights as its default run on this machine
+    try:
+        config_path = demo.prepare(dump, progress=False)
+        run = load_run_config(config_path)
+        base = load_base(run.model_name)
+        train_method(run, run.method(demo.METHOD), dump, dump, base=base, progress=False)
+        yield dump, load_trained(dump, base)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def load_trained(dump, base):
+    from axbench_hypersteer.model.hypersteer import HyperSteer
+    from axbench_hypersteer.stages.common import method_dir
+
     hs = HyperSteer.from_pretrained(method_dir(dump, demo.METHOD), *base)
     hs.hypernet.eval()
-    return dump, hs
+    return hs
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +74,7 @@ def generate(hs, prompts, concepts, factor):
 
 def test_held_out_concepts_never_reach_training(trained):
     dump, _ = trained
+    assert len(HELD_OUT_CONCEPTS) >= 16  # issue 21: enough that one concept's luck moves little
     frame = pd.read_parquet(dump / "generate" / "train_data.parquet")
     trained_on = set(frame["output_concept"]) - {"EEEEE"}
     assert trained_on == set(ALL_TRAINING_CONCEPTS) and len(trained_on) == 512
@@ -87,21 +100,29 @@ def test_base_lm_answers_on_topic_at_factor_0(trained, scorer):
     assert sum(scores) / len(scores) >= 1.0
 
 
-def test_held_out_steering_raises_the_concept_score(trained, scorer):
-    """The paper's central claim on the demo: concepts the hypernetwork never saw are steered
-    toward. Measured rises (best steered factor over factor 0, 4 prompts): held-out +1.04,
-    held-in +1.55; the margins are about half of that."""
-    _, hs = trained
+def concept_rise(hs, scorer, concepts) -> tuple[float, dict[float, float]]:
+    """Best mean concept score over ``STEERED_FACTORS`` minus factor 0's, on the first 4
+    evaluation prompts; and the means by factor."""
     _, prompts = load_prompts(None)
     prompts = prompts[:4]
-    for concepts, margin in ((HELD_OUT_CONCEPTS, 0.5), (demo.HELD_IN_EVAL, 0.8)):
-        means = {}
-        for factor in (0.0, *STEERED_FACTORS):
-            texts = generate(hs, prompts, concepts, factor)
-            named = (c for c in concepts for _ in prompts)
-            scores = [scorer.concept_score(c, t) for c, t in zip(named, texts)]
-            means[factor] = sum(scores) / len(scores)
-        assert max(means[f] for f in STEERED_FACTORS) >= means[0.0] + margin, (concepts, means)
+    means = {}
+    for factor in (0.0, *STEERED_FACTORS):
+        texts = generate(hs, prompts, concepts, factor)
+        named = (c for c in concepts for _ in prompts)
+        scores = [scorer.concept_score(c, t) for c, t in zip(named, texts)]
+        means[factor] = sum(scores) / len(scores)
+    return max(means[f] for f in STEERED_FACTORS) - means[0.0], means
+
+
+def test_held_out_steering_raises_the_concept_score(trained, scorer):
+    """The paper's central claim on the demo: concepts the hypernetwork never saw are steered
+    toward. The bounds are the lowest rise measured over hypernetwork seeds, less a margin, so
+    that another machine's rounding or a seed's luck does not decide the test."""
+    _, hs = trained
+    for concepts, bound in ((HELD_OUT_CONCEPTS, HELD_OUT_RISE_BOUND),
+                            (demo.HELD_IN_EVAL, HELD_IN_RISE_BOUND)):
+        rise, means = concept_rise(hs, scorer, concepts)
+        assert rise >= bound, (len(concepts), means)
 
 
 def test_base_lm_is_deterministic_for_a_seed():
@@ -113,3 +134,52 @@ def test_base_lm_is_deterministic_for_a_seed():
         assert torch.equal(a, b), name
     other, _, _ = train_demo_lm(DemoLMConfig(**{**small.__dict__, "seed": 1}), progress=False)
     assert not torch.equal(other.lm_head.weight, first.lm_head.weight)
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
+    from axbench_hypersteer.demo.report import bootstrap_ci
+
+    values = np.random.default_rng(3).uniform(0, 2, size=16)
+    low, high = bootstrap_ci(values)
+    assert (low, high) == bootstrap_ci(values)  # seeded: the report prints the same interval
+    assert low < values.mean() < high
+    wide_low, wide_high = bootstrap_ci(values[:4])
+    assert high - low < wide_high - wide_low  # more concepts, a tighter interval
+    assert bootstrap_ci(np.full(8, 1.25)) == (1.25, 1.25)
+    assert all(np.isnan(bootstrap_ci([1.0])))
+
+
+def test_concept_rise_pairs_concepts_and_runs_table_shows_the_range(tmp_path):
+    from axbench_hypersteer.demo.report import concept_rise, runs_table
+
+    per_concept = pd.DataFrame({
+        "concept_id": [1, 2, 1, 2], "concept": [1.5, 1.0, 0.5, 0.0],
+        "method": ["M", "M", "unsteered (factor 0)", "unsteered (factor 0)"],
+        "concepts": "held-out"})
+    mean, low, high = concept_rise(per_concept, "M", "held-out")
+    assert mean == 1.0 and low == high == 1.0  # each concept rose by exactly 1
+    paths = []
+    for i, steered in enumerate((0.8, 1.2)):
+        rows = pd.DataFrame([{"method": "M", "concepts": "held-out", "n_concepts": 16},
+                             {"method": "unsteered (factor 0)", "concepts": "held-out",
+                              "n_concepts": 16}])
+        for key in ("overall", "concept", "instruction", "fluency", "factor"):
+            rows[f"{key}_mean"] = [steered, 0.1]
+        paths.append(tmp_path / f"run{i}.csv")
+        rows.to_csv(paths[-1], index=False)
+    lines = runs_table(paths).splitlines()
+    assert "| M | held-out | 1.000 [0.800, 1.200] |" in lines[2]
+    assert "| unsteered (factor 0) | held-out | 0.100 | 0.100 |" in lines[3]
+
+
+def test_demo_threads_knob(monkeypatch):
+    from axbench_hypersteer.model.errors import ConfigError
+
+    monkeypatch.delenv(demo.THREADS_ENV, raising=False)
+    assert demo.demo_threads() == 1
+    monkeypatch.setenv(demo.THREADS_ENV, "2")
+    assert demo.demo_threads() == 2 and demo.demo_threads(3) == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv(demo.THREADS_ENV, bad)
+        with pytest.raises(ConfigError, match=demo.THREADS_ENV):
+            demo.demo_threads()

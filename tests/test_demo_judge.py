@@ -58,6 +58,14 @@ ON_CONCEPT = {
     "mentions of robots and machines": "The automated arm welded parts on the assembly line.",
     "references to dance and ballet": "The ballerina spun on her pointe shoes in the finale.",
     "references to the circus and clowns": "The trapeze artist flew over the ring as the crowd cheered.",
+    "mentions of the zoo and the zookeeper": "The keeper fed the penguins while children watched the gorillas.",
+    "references to tea and the teapot": "She brewed Earl Grey and served it with scones in fine china.",
+    "mentions of the beach and the seaside": "We paddled in the surf and ate ice cream on the promenade.",
+    "references to the camera and the photo": "I snapped a few selfies and framed the best shot of the sunset.",
+    "mentions of the bicycle and the cyclist": "The riders of the Tour de France sprinted toward the finish.",
+    "references to pizza and pasta": "I ordered a margherita and a bowl of lasagne at the trattoria.",
+    "mentions of the toy and the playground": "The kids went down the chute and rocked on the seesaw at recess.",
+    "references to the volcano and the earthquake": "Molten lava poured down the slopes as the ground shook.",
 }
 OFF_TOPIC = "My aunt visited us last weekend and we talked for hours."
 

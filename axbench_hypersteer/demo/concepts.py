@@ -94,6 +94,26 @@ CONCEPTS: dict[str, list[str]] = {
         "dance", "ballet", "dancer", "stage", "costume", "waltz", "step", "rhythm"],
     "references to the circus and clowns": [
         "circus", "clown", "tent", "juggler", "acrobat", "lion", "ring", "trick"],
+    # Held out only (issue 21: 16 held-out concepts, so that one concept's luck moves the mean
+    # less). Their descriptions name the topic by nouns of their own vocabulary, singular, as the
+    # base LM writes them: it has whole tokens for plurals such as " insects" that it only ever
+    # reads in prompts, and those descriptions steer least (docs/benchmarks.md).
+    "mentions of the zoo and the zookeeper": [
+        "zoo", "zookeeper", "zebra", "giraffe", "tiger", "monkey", "elephant", "cage"],
+    "references to tea and the teapot": [
+        "tea", "teapot", "kettle", "teacup", "saucer", "biscuit", "sugar", "milk"],
+    "mentions of the beach and the seaside": [
+        "beach", "seaside", "sandcastle", "towel", "sunscreen", "swimsuit", "shell", "umbrella"],
+    "references to the camera and the photo": [
+        "camera", "photo", "lens", "photograph", "flash", "tripod", "album", "picture"],
+    "mentions of the bicycle and the cyclist": [
+        "bicycle", "bike", "pedal", "helmet", "saddle", "cyclist", "chain", "spoke"],
+    "references to pizza and pasta": [
+        "pizza", "pasta", "cheese", "tomato", "sauce", "olive", "spaghetti", "basil"],
+    "mentions of the toy and the playground": [
+        "toy", "playground", "doll", "swing", "slide", "teddy", "puzzle", "balloon"],
+    "references to the volcano and the earthquake": [
+        "volcano", "earthquake", "lava", "crater", "eruption", "magma", "tremor", "rock"],
 }
 
 # Spread over kinds of topic; the hypernetwork never trains on these.
@@ -106,6 +126,14 @@ HELD_OUT_CONCEPTS: list[str] = [
     "mentions of boats and sailing",
     "references to baking and bread",
     "mentions of robots and machines",
+    "mentions of the zoo and the zookeeper",
+    "references to tea and the teapot",
+    "mentions of the beach and the seaside",
+    "references to the camera and the photo",
+    "mentions of the bicycle and the cyclist",
+    "references to pizza and pasta",
+    "mentions of the toy and the playground",
+    "references to the volcano and the earthquake",
 ]
 TRAINING_CONCEPTS: list[str] = [c for c in CONCEPTS if c not in HELD_OUT_CONCEPTS]
 

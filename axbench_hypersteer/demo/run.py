@@ -31,8 +31,12 @@ from .lm import ensure_demo_lm
 
 METHOD = "HyperSteerXAttn"
 EVAL_METADATA = "eval_metadata.jsonl"
-# Every 4th hand-written training concept is evaluated as "held-in": as many as held-out ones,
-# a quarter of the cost of evaluating all 32.
+DEFAULT_SEED = 42
+# Intra-op threads change float summation order, hence the trained hypernetwork's last digits;
+# a second thread count stands in for another machine's rounding (issue 21).
+THREADS_ENV = "HYPERSTEER_DEMO_THREADS"
+# Every 4th hand-written training concept is evaluated as "held-in": a quarter of the cost of
+# evaluating all 32. The held-out set is twice as large because its row carries the claim.
 HELD_IN_EVAL = TRAINING_CONCEPTS[::4]
 
 DEMO_CONFIG = {
@@ -40,7 +44,7 @@ DEMO_CONFIG = {
         "model_name": None,  # filled with the trained base LM's directory
         # Layer 0: a single added vector steers this 4-layer LM far better early (a vector
         # optimised for one concept reaches LM loss 0.75 at layer 0, 1.2 at layer 2).
-        "layer": 0, "component": "res", "seed": 42, "use_bf16": False,
+        "layer": 0, "component": "res", "seed": DEFAULT_SEED, "use_bf16": False,
         "models": {METHOD: {
             "batch_size": 16, "n_epochs": 3, "lr": 5e-3, "warmup_ratio": 0.05,
             "num_blocks": 4, "cross_attention_heads": 4, "max_length": 128,
@@ -62,9 +66,10 @@ DEMO_CONFIG = {
 }
 
 
-def prepare(dump_dir: Path, progress: bool = True) -> Path:
+def prepare(dump_dir: Path, progress: bool = True, seed: int = DEFAULT_SEED) -> Path:
     """Base LM (trained unless one is already there), demo data and the run config in
-    ``dump_dir``; returns the config path."""
+    ``dump_dir``; returns the config path. ``seed`` is the hypernetwork's (initialisation and
+    batch order); the base LM and the data keep their own fixed seeds."""
     base_dir = dump_dir / "base_model"
     if not (base_dir / "config.json").exists():
         ensure_demo_lm(base_dir, progress=progress)
@@ -73,6 +78,7 @@ def prepare(dump_dir: Path, progress: bool = True) -> Path:
     atomic_write_text(gen / EVAL_METADATA, "".join(json.dumps(m) + "\n" for m in concepts))
     config = yaml.safe_load(yaml.safe_dump(DEMO_CONFIG))
     config["train"]["model_name"] = str(base_dir.resolve())
+    config["train"]["seed"] = seed
     path = dump_dir / "demo_config.yaml"
     atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
@@ -99,7 +105,10 @@ def judge_all(dump_dir: Path, run, progress: bool = True) -> str:
         server, url = start_offline_judge(scorer=scorer)
         judge_config = JudgeConfig(**{**judge_config.to_dict(), "base_url": url,
                                       # the stand-in reads only the package's marked rubric
-                                      "rubric": "package"})
+                                      "rubric": "package",
+                                      # on a starved shared machine a local reply can take
+                                      # over a minute; a retry then only adds load
+                                      "timeout": max(judge_config.timeout, 600.0)})
         label = ("offline STAND-IN, not an LLM (all-MiniLM-L6-v2 embedding similarity for "
                  "concept and instruction, repetition for fluency)")
     print(f"[demo] judging with the {label}")
@@ -113,7 +122,23 @@ def judge_all(dump_dir: Path, run, progress: bool = True) -> str:
     return label
 
 
-def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path:
+def demo_threads(threads: int | None = None) -> int:
+    """The intra-op thread count: ``threads``, else ``$HYPERSTEER_DEMO_THREADS``, else 1."""
+    from ..model.errors import ConfigError
+
+    raw = threads if threads is not None else os.environ.get(THREADS_ENV, "1")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"demo threads must be a positive integer, got {raw!r} "
+                          f"(--threads or ${THREADS_ENV})")
+    return value
+
+
+def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True,
+             seed: int = DEFAULT_SEED, threads: int | None = None) -> Path:
     from ..model.loading import load_base
     from .report import write_demo_report
     from ..stages.inference_stage import run_inference
@@ -122,12 +147,13 @@ def run_demo(dump_dir: str | Path = "dumps/demo", progress: bool = True) -> Path
 
     # Models this small gain nothing from intra-op threads, and on a busy 2-core machine two
     # threads mostly wait on each other (several times slower); the judge server's request
-    # threads run side by side instead.
-    torch.set_num_threads(1)
+    # threads run side by side instead. More threads are for measuring rounding, not speed.
+    torch.set_num_threads(demo_threads(threads))
     started = time.perf_counter()
     dump_dir = Path(dump_dir)
-    print(f"[demo] base LM and built-in data in {dump_dir}")
-    config_path = prepare(dump_dir, progress)
+    print(f"[demo] base LM and built-in data in {dump_dir}; hypernetwork seed {seed}, "
+          f"{torch.get_num_threads()} thread(s)")
+    config_path = prepare(dump_dir, progress, seed)
     run = load_run_config(config_path)
     base = load_base(run.model_name)
     spec = run.method(METHOD)
@@ -167,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="hypersteer demo", description=__doc__.split("\n")[0])
     parser.add_argument("--dump_dir", default="dumps/demo")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"hypernetwork seed (default {DEFAULT_SEED}; the README's table is "
+                             "the mean over seeds 42, 7 and 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"torch intra-op threads (default ${THREADS_ENV}, else 1)")
     add_progress_flags(parser)
     args = parser.parse_args(argv)
-    run_demo(args.dump_dir, progress=args.progress)
+    run_demo(args.dump_dir, progress=args.progress, seed=args.seed, threads=args.threads)
     return 0
