@@ -46,9 +46,13 @@ def make_wide_hs(base, tokenizer) -> HyperSteer:
 
 def fsdp_train_cfg(targets: str, **overrides) -> TrainConfig:
     """Reconstruction only: its loss is a mean over rows, so two ranks' mean of their own means
-    is the one-process mean of the global batch (a token-averaged LM loss is not)."""
+    is the one-process mean of the global batch (a token-averaged LM loss is not). The paper's
+    batching (no length buckets, no prefix cache): with buckets each rank sorts its own shard,
+    so two ranks' global batch holds other examples than one process's, a valid run but not
+    the same one."""
     kw = dict(batch_size=2, n_epochs=5, max_steps=3, lr=1e-2, max_length=256, dev_examples=0,
               eval_every=1000, checkpoint_every=1000, objective="reconstruction",
-              reconstruction_targets=str(targets), seed=0)
+              reconstruction_targets=str(targets), seed=0, length_bucket_group=0,
+              prefix_cache="off")
     kw.update(overrides)
     return TrainConfig(**kw)

@@ -49,7 +49,9 @@ class RealConfig:
     seed: int = 42
     heldin_judge_concepts: int = 10  # held-in concepts that also get generations and the judge
     eval_prompts: int = 4        # generic instructions per concept (half pick the factor)
-    factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0])
+    # Generation sweep. 1.0 is the scale HyperSteer trains at (the steering loss is scored there),
+    # but on this small model a visible change in a 48-token answer needs several times that.
+    factors: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     # DiffMean steers with the raw mean difference times a factor; its scale is its own, so it
     # gets its own grid (chosen per concept on the selection half, as every method's factor is).
     diffmean_factors: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
