@@ -164,11 +164,16 @@ def run_generations(cfg: RealConfig, data: RealData, base, layer: int, dump_dir:
             atomic_write_text(path, json.dumps(make()))
         return json.loads(path.read_text())
 
-    def unsteered_texts():
+    def once_per_prompt(texts_for):
+        """Generate once per (concept, prompt) and repeat the text on every factor row:
+        methods without a vector do not depend on the factor."""
         firsts = rows.drop_duplicates(["concept_id", "input_id"])
-        texts = generate(steerer, tokenizer, firsts["original_prompt"].tolist(), **gen)
+        texts = generate(steerer, tokenizer, texts_for(firsts), **gen)
         lookup = dict(zip(zip(firsts["concept_id"], firsts["input_id"]), texts))
         return [lookup[k] for k in zip(rows["concept_id"], rows["input_id"])]
+
+    def unsteered_texts():
+        return once_per_prompt(lambda firsts: firsts["original_prompt"].tolist())
 
     plain = cached(UNSTEERED, unsteered_texts)
 
@@ -183,12 +188,8 @@ def run_generations(cfg: RealConfig, data: RealData, base, layer: int, dump_dir:
         return texts
 
     def prompting_texts():
-        firsts = rows.drop_duplicates(["concept_id", "input_id"])
-        texts = generate(steerer, tokenizer, [prompted(p, c) for p, c in
-                                              zip(firsts["original_prompt"], firsts["input_concept"])],
-                         **gen)
-        lookup = dict(zip(zip(firsts["concept_id"], firsts["input_id"]), texts))
-        return [lookup[k] for k in zip(rows["concept_id"], rows["input_id"])]
+        return once_per_prompt(lambda firsts: [
+            prompted(p, c) for p, c in zip(firsts["original_prompt"], firsts["input_concept"])])
 
     def diffmean_texts():
         table = diffmean_table(cfg, data, base, layer, dump_dir)

@@ -9,7 +9,6 @@ evaluation answers (DiffMean only; HyperSteer at its trained scale 1.0) and read
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -21,7 +21,6 @@ done, and training resumes from its last checkpoint):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
