@@ -112,6 +112,30 @@ def test_llama_hypernetwork_copies_blocks_and_batches_like_single_rows(smollm2):
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-4)
 
 
+def test_shared_prefix_replay_scores_exactly_like_full_passes(smollm2):
+    """The steering-loss stage runs blocks 0..l once and replays them for every steered method:
+    the losses must be those of full forwards, for the unsteered model and for vectors."""
+    from axbench_hypersteer.model.steering import Steerer
+    from axbench_hypersteer.real.scoring import answer_losses, shared_prefix
+
+    model, tokenizer = smollm2
+    steerer = Steerer(model, 20, backend="hook")
+    prompts = ["Write a haiku about rain.", "Name three rivers in Europe and describe them.",
+               "Explain recursion briefly."]
+    answers = ["Soft rain on the roof, a quiet song.", "The Danube, the Rhine and the Seine.",
+               "A function that calls itself on a smaller input."]
+    torch.manual_seed(1)
+    vectors = torch.randn(3, model.config.hidden_size)
+    prefix = shared_prefix(steerer, tokenizer, prompts, answers, 16)
+    replayed = [answer_losses(steerer, tokenizer, prompts, answers, v, f, 2, 16, prefix)
+                for v, f in ((None, None), (vectors, [4.0] * 3), (vectors, [-2.0] * 3))]
+    assert prefix.hits > 0 and prefix.misses == 2  # recorded once (two batches), then replayed
+    full = [answer_losses(steerer, tokenizer, prompts, answers, v, f, 2, 16)
+            for v, f in ((None, None), (vectors, [4.0] * 3), (vectors, [-2.0] * 3))]
+    np.testing.assert_allclose(replayed, full, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(full[0], full[1])  # the vectors do steer
+
+
 def test_short_training_lowers_held_in_steering_loss(smollm2, tmp_path):
     """32 updates of the cross-attention hypernetwork on 4 real concepts lower the loss of their
     unseen reference answers (steered at factor 1) against the untrained hypernetwork."""

@@ -32,7 +32,7 @@ from .baselines import diffmean_vectors, prompted
 from .config import VARIANT_METHODS, RealConfig
 from .data import RealData, concept_prompts, judged_concepts
 from .layer_sweep import negative_sample
-from .scoring import answer_losses, generate
+from .scoring import answer_losses, generate, shared_prefix
 
 UNSTEERED, PROMPTING, DIFFMEAN = "Unsteered", "PromptSteering", "DiffMean"
 LOSS_FILE = "steering_loss_real.jsonl"
@@ -86,12 +86,15 @@ def run_steering_losses(cfg: RealConfig, data: RealData, base, layer: int, dump_
     concept_text = [data.concept(c) for c in concept_of]
     answers = frame["output"].tolist()
     inputs = frame["input"].tolist()
+    # Unsteered, DiffMean and HyperSteer read the same raw prompts: blocks 0..l run once for all.
+    prefix = shared_prefix(steerer, tokenizer, inputs, answers, cfg.answer_tokens)
 
-    def score(method, prompts, vectors=None, factors=(None,)):
+    def score(method, prompts, vectors=None, factors=(None,), replay=None):
         for factor in factors:
             losses = answer_losses(steerer, tokenizer, prompts, answers, vectors,
                                    None if factor is None else [factor] * len(prompts),
-                                   cfg.batch_size, cfg.answer_tokens)
+                                   cfg.batch_size, cfg.answer_tokens,
+                                   replay)
             per = pd.DataFrame({"concept_id": concept_of, "split": split, "loss": losses})
             for (cid, half), group in per.groupby(["concept_id", "split"]):
                 records.append({"concept_id": int(cid), "method": method, "split": half,
@@ -103,18 +106,19 @@ def run_steering_losses(cfg: RealConfig, data: RealData, base, layer: int, dump_
     for method in tqdm([m for m in methods if m not in done], desc="steering loss",
                        unit="method", disable=not progress):
         if method == UNSTEERED:
-            score(method, inputs)
+            score(method, inputs, replay=prefix)
         elif method == PROMPTING:
             score(method, [prompted(x, c) for x, c in zip(inputs, concept_text)])
         elif method == DIFFMEAN:
             table = diffmean_table(cfg, data, base, layer, dump_dir)
             score(method, inputs, torch.stack([table[c] for c in concept_of]),
-                  cfg.diffmean_factors)
+                  cfg.diffmean_factors, prefix)
         else:
             hs = load_method(dump_dir, method, base)
             score(method, inputs, hypersteer_vectors(hs, concept_text, inputs, cfg.batch_size),
-                  (1.0,))
+                  (1.0,), prefix)
             del hs
+    prefix.close()
     return out
 
 

@@ -18,7 +18,7 @@ from ..model.steering import Steerer
 from .baselines import diffmean_vectors
 from .config import RealConfig
 from .data import RealData
-from .scoring import answer_losses
+from .scoring import answer_losses, shared_prefix
 
 NEGATIVES = 48  # shared-pool rows for the negative mean (the same rows for every concept)
 
@@ -51,16 +51,20 @@ def run_layer_sweep(cfg: RealConfig, data: RealData, base, progress: bool = True
     results = []
     for layer in tqdm(cfg.candidate_layers, desc="layer sweep", unit="layer", disable=not progress):
         steerer = Steerer(model, layer, backend="hook")
+        prefix = shared_prefix(steerer, tokenizer, prompts, answers, cfg.answer_tokens)
         if unsteered is None:  # the unsteered model does not depend on the layer
             unsteered = float(np.mean(answer_losses(steerer, tokenizer, prompts, answers,
                                                     batch_size=cfg.batch_size,
-                                                    answer_tokens=cfg.answer_tokens)))
+                                                    answer_tokens=cfg.answer_tokens,
+                                                    prefix=prefix)))
         stacked = torch.stack([vectors[layer][cid] for cid in ids])
         by_factor = {}
         for factor in cfg.diffmean_factors:
             losses = answer_losses(steerer, tokenizer, prompts, answers, stacked,
-                                   [factor] * len(ids), cfg.batch_size, cfg.answer_tokens)
+                                   [factor] * len(ids), cfg.batch_size, cfg.answer_tokens,
+                                   prefix)
             by_factor[factor] = float(np.mean(losses))
+        prefix.close()
         best = min(by_factor, key=by_factor.get)
         results.append({"layer": layer, "unsteered": unsteered, "diffmean": by_factor[best],
                         "factor": best, "by_factor": by_factor,
