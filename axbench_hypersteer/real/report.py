@@ -57,28 +57,45 @@ def table_rows(dump_dir: Path, cfg: RealConfig, data: RealData) -> pd.DataFrame:
     for label, ids in (("held-in", data.heldin_ids), ("held-out", data.heldout_ids)):
         losses = loss_table(dump_dir, ids)
         base = losses[losses["method"] == UNSTEERED].set_index("concept_id")["loss"]
+        plain = judge_scores(dump_dir, hypersteer[0], judged & set(ids), unsteered=True)
         for method in [*hypersteer, DIFFMEAN, PROMPTING, UNSTEERED]:
             mine = losses[losses["method"] == method].set_index("concept_id")["loss"]
             row = {"method": method, "concepts": label, "n_loss": len(mine)}
             row["loss_mean"], row["loss_std"] = _mean_std(mine)
             row["loss_below_unsteered"] = int((mine < base.reindex(mine.index)).sum())
-            source = hypersteer[0] if method == UNSTEERED else method
-            scores = judge_scores(dump_dir, source, judged & set(ids), unsteered=method == UNSTEERED)
+            scores = (plain if method == UNSTEERED
+                      else judge_scores(dump_dir, method, judged & set(ids)))
             row["n_judged"] = len(scores)
             for key in (*JUDGE_COLUMNS, "factor"):
                 row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(scores[key])
+            row["rise_mean"], row["rise_ci_low"], row["rise_ci_high"] = (
+                concept_rise(scores, plain) if method != UNSTEERED else (np.nan,) * 3)
             rows.append(row)
     return pd.DataFrame(rows)
 
 
+def concept_rise(scores: pd.DataFrame, plain: pd.DataFrame) -> tuple[float, float, float]:
+    """Mean (method - unsteered) concept score over the judged concepts and its bootstrap
+    interval: paired by concept, so whether a held-out concept is steered at all is read off one
+    interval rather than off two means with wide spreads."""
+    from ..demo.report import bootstrap_ci
+
+    mine = scores.set_index("concept_id")["concept"]
+    rise = (mine - plain.set_index("concept_id")["concept"].reindex(mine.index)).to_numpy(float)
+    return (float(np.nanmean(rise)) if rise.size else float("nan"), *bootstrap_ci(rise))
+
+
 def render_table(rows: pd.DataFrame) -> str:
     header = ["Method", "Concepts", "Steering loss ↓", "< unsteered", "Overall", "Concept",
-              "Instruction", "Fluency", "Factor"]
+              "Concept rise [95% CI]", "Instruction", "Fluency", "Factor"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in rows.iterrows():
         cells = [r["method"], r["concepts"], f"{r['loss_mean']:.3f} ± {r['loss_std']:.3f}",
                  f"{r['loss_below_unsteered']}/{r['n_loss']}"]
-        cells += [f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}" for k in JUDGE_COLUMNS]
+        judge = [f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}" for k in JUDGE_COLUMNS]
+        rise = ("—" if np.isnan(r["rise_mean"]) else
+                f"{r['rise_mean']:+.3f} [{r['rise_ci_low']:.2f}, {r['rise_ci_high']:.2f}]")
+        cells += [*judge[:2], rise, *judge[2:]]
         cells.append("—" if np.isnan(r["factor_mean"]) else f"{r['factor_mean']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -139,8 +156,10 @@ def write_real_report(dump_dir: str | Path, cfg: RealConfig, data: RealData, jud
           f"report), mean ± std over concepts; `< unsteered`: concepts whose loss is below the "
           f"unsteered model's. Judge scores (0-2) on {cfg.eval_prompts} generic instructions per "
           f"concept ({n_judged_in} held-in and {len(data.heldout_ids)} held-out concepts), factor "
-          f"chosen on half of them. DiffMean on held-out concepts is fitted on those concepts' own "
-          f"rows (a supervised oracle); HyperSteer never sees them. Unsteered: factor 0.", "",
+          f"chosen on half of them; concept rise: the concept score minus the same concept's "
+          f"unsteered score, with a 95% bootstrap interval over concepts. DiffMean on held-out "
+          f"concepts is fitted on those concepts' own rows (a supervised oracle); HyperSteer "
+          f"never sees them. Unsteered: factor 0.", "",
           table, "![score vs factor](score_vs_factor.png)", "", "## Layer sweep", "",
           sweep_table(dump_dir), "## Training", "", training_table(dump_dir, cfg),
           "## Time (this dump, wall / CPU seconds)", "",
