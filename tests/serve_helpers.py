@@ -32,10 +32,10 @@ def write_hypernet(root: Path, tokenizer, variant: str = "xattn") -> Path:
 class RunningServer:
     """uvicorn serving ``app`` on a free port of 127.0.0.1 from a background thread."""
 
-    def __init__(self, app, scheduler):
+    def __init__(self, app, engine):
         import uvicorn
 
-        self.scheduler = scheduler
+        self.engine = engine
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
                                                     log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -51,4 +51,4 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-        self.scheduler.close()
+        self.engine.close()

@@ -36,8 +36,8 @@ def hypernet(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def server(hypernet):
-    app, scheduler = build_server(hypernet, device="cpu", **SERVER_OPTIONS)
-    running = RunningServer(app, scheduler)
+    app, engine = build_server(hypernet, device="cpu", **SERVER_OPTIONS)
+    running = RunningServer(app, engine)
     yield running
     running.stop()
 
@@ -136,7 +136,7 @@ def test_concurrent_requests_batch_and_equal_each_alone(client, server):
 
     def watch():
         while not stop.is_set():
-            peak.append(server.scheduler.stats()["active_rows"])
+            peak.append(server.engine.stats()["active_rows"])
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch)
@@ -219,21 +219,19 @@ def test_disconnect_mid_stream_frees_the_row(server):
                 if line.startswith("data: ") and '"content": "' in line and \
                         '"content": ""' not in line:
                     break
-            assert server.scheduler.stats()["active_rows"] == 1
-    # The row leaves its cohort first and the emptied cohort is dropped after that step of the
-    # loop, so wait for both (polling only active_rows raced with the second).
-    freed = {"queued": 0, "active_rows": 0, "cohorts": 0}
+            assert server.engine.stats()["active_rows"] == 1
+    freed = {"queued": 0, "active_rows": 0}  # the row leaves at the next step
     deadline = time.monotonic() + 10
-    while server.scheduler.stats() != freed and time.monotonic() < deadline:
+    while server.engine.stats() != freed and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert server.scheduler.stats() == freed
+    assert server.engine.stats() == freed
 
 
 def test_full_queue_answers_429_and_api_key_is_checked(hypernet):
     openai = pytest.importorskip("openai")
-    app, scheduler = build_server(hypernet, device="cpu", max_batch=1, max_queue=1,
-                                  api_key="sesame", max_tokens=1500)
-    running = RunningServer(app, scheduler)
+    app, engine = build_server(hypernet, device="cpu", max_batch=1, max_queue=1,
+                               api_key="sesame", max_tokens=1500)
+    running = RunningServer(app, engine)
     try:
         url, auth = running.url, {"Authorization": "Bearer sesame"}
         assert httpx.get(url + "/v1/models").status_code == 401
@@ -251,9 +249,9 @@ def test_full_queue_answers_429_and_api_key_is_checked(hypernet):
                     httpx.post, url + "/v1/chat/completions", headers=auth, timeout=300,
                     json={**body, "stream": False, "max_tokens": 3})
                 deadline = time.monotonic() + 60
-                while scheduler.stats()["queued"] < 1 and time.monotonic() < deadline:
+                while engine.stats()["queued"] < 1 and time.monotonic() < deadline:
                     time.sleep(0.01)
-                assert scheduler.stats() == {"queued": 1, "active_rows": 1, "cohorts": 1}
+                assert engine.stats() == {"queued": 1, "active_rows": 1}
                 refused = http.post(url + "/v1/chat/completions", json={**body, "stream": False})
                 assert refused.status_code == 429
                 assert refused.json()["error"]["code"] == "queue_full"
@@ -265,47 +263,123 @@ def test_full_queue_answers_429_and_api_key_is_checked(hypernet):
 
 
 def test_nocontext_vectors_are_cached_by_steering_text(tmp_path, tokenizer):
-    from axbench_hypersteer.serve.engine import Engine, Job, Sampling, Steering
+    from axbench_hypersteer.serve.inputs import InputProcessor
+    from axbench_hypersteer.serve.jobs import Job, Sampling, Steering
 
     hs = load_hypersteer(write_hypernet(tmp_path, tokenizer, "nocontext"), device="cpu")
-    engine = Engine(hs)
+    inputs = InputProcessor(hs)
     calls = []
     original = hs.steering_vectors
     hs.steering_vectors = lambda prompts, *a, **k: calls.append(list(prompts)) or original(prompts)
     events: list = []
     jobs = [Job([{"role": "user", "content": b}], Steering((s,), 1.0), Sampling(2), events.append)
             for b, s in [("a", "x"), ("b", "y"), ("c", "x")]]
-    first = engine.prepare(jobs)
-    again = engine.prepare(jobs[:1])
+    first = inputs.prepare(jobs)
+    again = inputs.prepare(jobs[:1])
     assert calls == [["x", "y"]]
     torch.testing.assert_close(first[0].vector, again[0].vector)
     torch.testing.assert_close(first[0].vector, original(["x"])[0])
 
 
-def test_a_row_merged_into_a_new_cohort_continues_exactly(reference):
-    """A young cohort's rows re-prefilled (prompt + tokens so far) together with newcomers, as
-    the scheduler merges them, give what each row gives on its own (greedy)."""
-    from axbench_hypersteer.serve.engine import Cohort, Delta, Engine, Job, Sampling, Steering
+class Traced:
+    """An engine whose steps and executor calls are recorded: ``steps[i]`` lists the model
+    forwards of step i as (kind, request ids, cached width before it); every request of
+    ``chain`` is submitted by the previous one's sink on its ``after``-th text delta, i.e. from
+    inside a decode step, while that request is still decoding."""
 
-    engine = Engine(reference)
-    texts: dict[int, list[str]] = {0: [], 1: []}
+    def __init__(self, hs, chain: list[tuple[str, str, str, float, int]], after: int = 2):
+        from axbench_hypersteer.serve.engine import Engine
+        from axbench_hypersteer.serve.jobs import Delta, Failed, Finished, Job, Sampling, Steering
 
-    def job(i, content, factor):
-        sink = lambda e: texts[i].append(e.text) if isinstance(e, Delta) else None  # noqa: E731
-        return Job([{"role": "user", "content": content}], Steering((STEER,), factor),
-                   Sampling(20), sink)
+        self.engine = engine = Engine(hs)
+        self.steps: list[list[tuple[str, list[str], int]]] = []
+        self.texts = {name: [] for name, *_ in chain}
+        self.ends: dict[str, object] = {}
+        self.done = threading.Event()
+        step, prefill, decode = engine.step, engine.executor.prefill, engine.executor.decode
 
-    first = Cohort(engine, engine.prepare([job(0, BASE, FACTOR)]))
-    first.prefill()
-    for _ in range(3):
-        first.step()
-    merged = Cohort(engine, first.rows + engine.prepare([job(1, "Write a poem.", -FACTOR)]))
-    merged.prefill()
-    while merged.rows:
-        merged.step()
-    alone = reference.generate([BASE, "Write a poem."], [STEER, STEER], [FACTOR, -FACTOR],
-                               max_new_tokens=20)
-    assert ["".join(texts[0]), "".join(texts[1])] == alone
+        def traced_step():
+            self.steps.append([])
+            step()
+
+        def traced_prefill(rows):
+            self.steps[-1].append(("prefill", [r.job.id for r in rows], 0))
+            return prefill(rows)
+
+        def traced_decode(batch):
+            self.steps[-1].append(("decode", [r.job.id for r in batch.rows],
+                                   batch.mask.shape[1]))
+            return decode(batch)
+
+        engine.step, engine.executor.prefill, engine.executor.decode = (
+            traced_step, traced_prefill, traced_decode)
+        self.jobs = []
+        for i, (name, content, steer, factor, n) in enumerate(chain):
+            def sink(event, name=name, i=i):
+                if isinstance(event, Delta):
+                    self.texts[name].append(event.text)
+                    if len(self.texts[name]) == after and i + 1 < len(chain):
+                        engine.submit(self.jobs[i + 1])
+                elif isinstance(event, (Finished, Failed)):
+                    self.ends[name] = event
+                    if len(self.ends) == len(chain):
+                        self.done.set()
+            self.jobs.append(Job([{"role": "user", "content": content}],
+                                 Steering((steer,), factor), Sampling(n), sink, id=name))
+
+    def run(self) -> dict[str, str]:
+        try:
+            self.engine.submit(self.jobs[0])
+            assert self.done.wait(120), "a request never ended"
+        finally:
+            self.engine.close()
+        return {name: "".join(parts) for name, parts in self.texts.items()}
+
+
+def test_a_request_arriving_mid_decode_joins_the_running_batch(reference):
+    """Issue 22: B, submitted while A decodes, joins A's batch at the next step (its prompt
+    prefilled alone and spliced in): from then on every step runs ONE forward, a decode holding
+    both rows, never a second batch; both answers equal ``HyperSteer.generate`` alone."""
+    chain = [("A", BASE, STEER, FACTOR, 24), ("B", "Write a poem.", CONCEPTS[1], -6.0, 12)]
+    traced = Traced(reference, chain)
+    texts = traced.run()
+    forwards = [[(kind, ids) for kind, ids, _ in step] for step in traced.steps]
+    joined = next(i for i, step in enumerate(forwards) if ("prefill", ["B"]) in step)
+    assert forwards[:joined] == [[("prefill", ["A"]), ("decode", ["A"])]] + \
+        [[("decode", ["A"])]] * (joined - 1)
+    assert forwards[joined] == [("prefill", ["B"]), ("decode", ["A", "B"])]
+    together = [step for step in forwards[joined + 1:] if step == [("decode", ["A", "B"])]]
+    assert len(together) == 12 - 2  # B's other 10 tokens, each in a step shared with A
+    assert all(len(step) == 1 and step[0][0] == "decode" for step in forwards[joined + 1:])
+    for name, content, steer, factor, n in chain:
+        assert texts[name] == reference.generate([content], [steer], [factor],
+                                                 max_new_tokens=n)[0], name
+        assert traced.ends[name].reason == "length"
+
+
+def test_rows_of_different_lengths_joining_at_different_steps_decode_as_alone(reference):
+    """A short prompt runs; a long one joins (the running row's cache is padded to the new,
+    wider width); a short one joins later (its cache is padded to the running width); rows
+    leave one by one (the batch narrows); the widths cross the tiny model's 32-token sliding
+    window. Each greedy answer equals ``HyperSteer.generate`` on its prompt alone."""
+    chain = [("short", "Hi.", CONCEPTS[0], FACTOR, 30),
+             ("long", BASE + " Give dates, names and places, in great detail please.",
+              CONCEPTS[1], -6.0, 14),
+             ("medium", "Write a poem.", CONCEPTS[2], 3.0, 20)]
+    traced = Traced(reference, chain)
+    texts = traced.run()
+    calls = [call for step in traced.steps for call in step]
+    prompt_len = {name: len(traced.engine.inputs.tokenizer(traced.engine.inputs.chat_prompt(
+        [{"role": "user", "content": content}]))["input_ids"]) for name, content, *_ in chain}
+    for name, wider in [("long", True), ("medium", False)]:
+        at = calls.index(("prefill", [name], 0))
+        running_width = calls[at - 1][2] + 1  # the decode before it, one column later
+        assert (prompt_len[name] > running_width) == wider, (name, running_width)
+    assert max(width for _, _, width in calls) > 32
+    assert [ids for kind, ids, _ in calls if kind == "decode"][-1] == ["short"]
+    for name, content, steer, factor, n in chain:
+        assert texts[name] == reference.generate([content], [steer], [factor],
+                                                 max_new_tokens=n)[0], name
 
 
 def test_logprobs_are_the_steered_models_own(client, reference):
@@ -313,7 +387,7 @@ def test_logprobs_are_the_steered_models_own(client, reference):
     and log-probability, with the top k rivals; the numbers equal a cache-free full forward of
     the same steered model over prompt + tokens so far (greedy: the token is the top rival)."""
     from axbench_hypersteer.model.steering import SteeringSource
-    from axbench_hypersteer.serve.engine import Engine
+    from axbench_hypersteer.serve.inputs import InputProcessor
 
     r = chat(client, steering={"prompt": STEER, "factor": FACTOR}, max_tokens=10,
              logprobs=True, top_logprobs=3)
@@ -322,7 +396,7 @@ def test_logprobs_are_the_steered_models_own(client, reference):
     assert "".join(e.token for e in content) == r.choices[0].message.content
 
     tok = reference.tokenizer
-    ids = tok(Engine(reference).chat_prompt([{"role": "user", "content": BASE}]),
+    ids = tok(InputProcessor(reference).chat_prompt([{"role": "user", "content": BASE}]),
               add_special_tokens=True, return_tensors="pt")["input_ids"]
     vector = reference.steering_vectors([STEER], base_prompts=[BASE])
     with torch.no_grad():

@@ -49,9 +49,9 @@ GOOD = [  # well-formed steered greedy requests sent alongside the fuzz
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tokenizer):
     hypernet = write_hypernet(tmp_path_factory.mktemp("fuzz"), tokenizer, "xattn")
-    app, scheduler = build_server(hypernet, device="cpu", max_tokens=MAX_TOKENS,
-                                  max_prompt_tokens=200)
-    running = RunningServer(app, scheduler)
+    app, engine = build_server(hypernet, device="cpu", max_tokens=MAX_TOKENS,
+                               max_prompt_tokens=200)
+    running = RunningServer(app, engine)
     yield running
     running.stop()
 
@@ -268,10 +268,10 @@ def test_fuzzed_bodies_never_5xx_and_concurrent_good_requests_are_unchanged(serv
     health = httpx.get(url + "/health").json()
     assert health["status"] == "ok"
     deadline = time.monotonic() + 10
-    while server.scheduler.stats() != {"queued": 0, "active_rows": 0, "cohorts": 0} and \
+    while server.engine.stats() != {"queued": 0, "active_rows": 0} and \
             time.monotonic() < deadline:
         time.sleep(0.01)
-    assert server.scheduler.stats() == {"queued": 0, "active_rows": 0, "cohorts": 0}
+    assert server.engine.stats() == {"queued": 0, "active_rows": 0}
     assert post(url, good_body(0)).json()["choices"][0]["message"]["content"] == alone[0]
 
 

@@ -4,7 +4,7 @@ without it (greedy, equal to ``HyperSteer.generate``), and the log names the req
 The poisoned jobs go straight to the scheduler, past the HTTP edge that now refuses them, so
 that the engine's own isolation is what is tested. Their failures are real (an out-of-range
 seed, a lone surrogate in a steering prompt, a NaN temperature), except a failing batched
-forward, which no valid input causes: ``PoisonedForward`` raises it on purpose.
+forward, which no valid input causes: ``poison_forwards`` makes the executor raise it on purpose.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e .[serve])")
 
-from axbench_hypersteer.serve.engine import (  # noqa: E402
-    Delta, Engine, Failed, Finished, Job, Sampling, Steering)
+from axbench_hypersteer.serve.engine import Engine  # noqa: E402
+from axbench_hypersteer.serve.jobs import (  # noqa: E402
+    Delta, Failed, Finished, Job, Sampling, Steering)
 from axbench_hypersteer.serve.loading import load_hypersteer  # noqa: E402
-from axbench_hypersteer.serve.scheduler import Scheduler  # noqa: E402
 from serve_helpers import CONCEPTS, write_hypernet  # noqa: E402
 
 GOOD = [("Tell me about the history of the Roman empire.", CONCEPTS[0], 8.0, 14),
         ("Write a poem.", CONCEPTS[1], -6.0, 9),
         ("Explain recursion to a child.", CONCEPTS[2], 3.0, 12),
         ("Say hello.", CONCEPTS[0], 0.0, 11)]
-POISON_FACTOR = 6.5  # PoisonedForward's marker
+POISON_FACTOR = 6.5  # poison_forwards' marker
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +62,23 @@ def job(content: str, steering: Steering, sampling: Sampling, name: str) -> tupl
 
 
 def run_batch(engine: Engine, poisoned: list[tuple[Job, Collector]]):
-    """The good jobs and the poisoned ones submitted together, so they start as one cohort."""
+    """The good jobs and the poisoned ones submitted together (``engine`` gathers them for
+    0.3 s), so they are prefilled as one batch."""
     good = [job(b, Steering((s,), f), Sampling(n), f"good-{i}")
             for i, (b, s, f, n) in enumerate(GOOD)]
     jobs = good[:2] + poisoned + good[2:]
-    scheduler = Scheduler(engine, gather_s=0.3, max_wait_s=1.0)
     try:
         for j, _ in jobs:
-            scheduler.submit(j)
+            engine.submit(j)
         for _, sink in jobs:
             assert sink.done.wait(120), "a request never ended"
     finally:
-        scheduler.close()
+        engine.close()
     return good
+
+
+def gathering(hs) -> Engine:
+    return Engine(hs, gather_s=0.3, max_wait_s=1.0)
 
 
 def test_a_poisoned_request_fails_alone_and_its_batch_mates_answer(hs, expected, caplog):
@@ -86,7 +90,7 @@ def test_a_poisoned_request_fails_alone_and_its_batch_mates_answer(hs, expected,
             Sampling(8, temperature=float("nan")), "bad-temperature"),      # sampling
     ]
     with caplog.at_level(logging.WARNING, logger="axbench_hypersteer.serve"):
-        good = run_batch(Engine(hs), poisoned)
+        good = run_batch(gathering(hs), poisoned)
     assert ["".join(sink.text) for _, sink in good] == expected
     assert all(isinstance(sink.end, Finished) for _, sink in good)
     for (j, sink), stage in zip(poisoned, ["preparing", "computing the steering vector of",
@@ -98,24 +102,29 @@ def test_a_poisoned_request_fails_alone_and_its_batch_mates_answer(hs, expected,
     assert not any(r.getMessage().startswith("request good-") for r in caplog.records)
 
 
-class PoisonedForward(Engine):
-    """Every batched forward holding the poisoned row raises, at prefill or from its
-    ``after``-th decode step on (a stand-in for a kernel failure or an out-of-memory that only
-    this request's row brings about)."""
+class PoisonedForward:
+    """Wraps an engine's executor: every model forward holding the poisoned row raises, at
+    prefill or from its ``after``-th decode forward on (a stand-in for a kernel failure or an
+    out-of-memory that only this request's row brings about)."""
 
-    def __init__(self, hs, phase: str, after: int = 3):
-        super().__init__(hs)
+    def __init__(self, engine: Engine, phase: str, after: int = 3):
+        self.forward = engine.executor.forward
         self.phase, self.after, self.decode_steps, self.failures = phase, after, 0, 0
+        self.calls: list[tuple[int, bool]] = []  # (rows, failed) of every decode forward
+        engine.executor.forward = self
 
-    def forward(self, ids, mask, positions, vectors, factors, cache=None):
+    def __call__(self, ids, mask, positions, vectors, factors, cache=None):
         poisoned = bool((factors == POISON_FACTOR).any())
         if poisoned and cache is not None:
             self.decode_steps += 1
-        if poisoned and (self.phase == "prefill" and cache is None or self.phase == "decode"
-                         and cache is not None and self.decode_steps >= self.after):
+        fail = poisoned and (self.phase == "prefill" and cache is None or self.phase == "decode"
+                             and cache is not None and self.decode_steps >= self.after)
+        if cache is not None:
+            self.calls.append((ids.shape[0], fail))
+        if fail:
             self.failures += 1
             raise RuntimeError("injected forward failure")
-        return super().forward(ids, mask, positions, vectors, factors, cache)
+        return self.forward(ids, mask, positions, vectors, factors, cache)
 
 
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
@@ -123,7 +132,8 @@ def test_a_failed_batched_forward_is_split_until_the_culprit_is_alone(hs, expect
                                                                      caplog):
     poisoned = [job("What is a cat?", Steering((CONCEPTS[1],), POISON_FACTOR), Sampling(10),
                     "bad-forward")]
-    engine = PoisonedForward(hs, phase)
+    engine = gathering(hs)
+    poison = PoisonedForward(engine, phase)
     with caplog.at_level(logging.WARNING, logger="axbench_hypersteer.serve"):
         good = run_batch(engine, poisoned)
     assert ["".join(sink.text) for _, sink in good] == expected
@@ -137,7 +147,12 @@ def test_a_failed_batched_forward_is_split_until_the_culprit_is_alone(hs, expect
     blamed = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert splits and len(splits) <= 3                    # 5 rows: at most ceil(log2 5) splits
     assert [r.getMessage().split()[1] for r in blamed] == ["bad-forward"]
-    assert engine.failures == len(splits) + 1
+    assert poison.failures == len(splits) + 1
+    # The halves that went on are one batch again at the next step's decode (in the decode
+    # phase, after the failing step's last half): the 4 good rows in one forward.
+    last_failure = max((i for i, (_, failed) in enumerate(poison.calls) if failed), default=-1)
+    after = [rows for rows, _ in poison.calls[last_failure + 1:]]
+    assert after[0 if phase == "prefill" else 1] == len(GOOD), poison.calls
 
 
 def test_a_stop_string_longer_than_the_text_so_far_sends_nothing_early(hs):
@@ -145,12 +160,12 @@ def test_a_stop_string_longer_than_the_text_so_far_sends_nothing_early(hs):
     and ``text[:negative]`` sent a prefix that the stop string later cut away."""
     def serve(stop: tuple[str, ...]) -> Collector:
         j, sink = job(GOOD[0][0], Steering((CONCEPTS[0],), 8.0), Sampling(12, stop=stop), "s")
-        scheduler = Scheduler(Engine(hs))
+        engine = Engine(hs)
         try:
-            scheduler.submit(j)
+            engine.submit(j)
             assert sink.done.wait(60)
         finally:
-            scheduler.close()
+            engine.close()
         return sink
 
     full = "".join(serve(()).text)

@@ -25,8 +25,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import GREEDY_BELOW, Delta, Failed, Finished, Job, RequestError, Sampling, Steering
-from .scheduler import QueueFull, Scheduler
+from .engine import Engine
+from .jobs import GREEDY_BELOW, Delta, Failed, Finished, Job, RequestError, Sampling, Steering
+from .scheduler import QueueFull
 from .schemas import ChatRequest
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -115,11 +116,11 @@ def validation_message(err: ValidationError) -> tuple[str, str]:
     return f"{loc}: {msg.removeprefix('Value error, ')}", loc
 
 
-def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
+def create_app(engine: Engine, model_id: str, api_key: str | None = None,
                limits: Limits = Limits(), examples: list[str] | None = None) -> FastAPI:
-    hs = scheduler.engine.hs
+    hs = engine.hs
     app = FastAPI(title="HyperSteer server", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.scheduler = scheduler
+    app.state.engine = engine
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -148,14 +149,14 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, **scheduler.stats()}
+        return {"status": "ok", "model": model_id, **engine.stats()}
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{
             "id": model_id, "object": "model", "created": 0, "owned_by": "axbench-hypersteer",
             "steering": {"variant": hs.config.variant, "layer": hs.config.steering_layer,
-                         "prompt_independent_vectors": scheduler.engine.prompt_independent}}]}
+                         "prompt_independent_vectors": engine.prompt_independent}}]}
 
     @app.get("/v1/steering/examples")
     async def steering_examples():
@@ -185,7 +186,7 @@ def create_app(scheduler: Scheduler, model_id: str, api_key: str | None = None,
             return error_response(err.status, str(err), err.param,
                                   "model_not_found" if err.status == 404 else None)
         try:
-            scheduler.submit(job)
+            engine.submit(job)
         except QueueFull as err:
             return error_response(429, str(err), code="queue_full")
         first = await channel.get()

@@ -14,7 +14,6 @@ from pathlib import Path
 from .app import Limits, create_app
 from .engine import Engine
 from .loading import load_hypersteer, trained_concepts
-from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +42,24 @@ def build_server(hypernet: str | Path, model: str | None = None, device: str | N
                  served_model_name: str | None = None, api_key: str | None = None,
                  max_batch: int = 32, max_queue: int = 256, max_tokens: int = 1024,
                  max_prompt_tokens: int = 2048):
-    """(FastAPI app, scheduler) for a trained hypernetwork; the caller runs and closes them."""
+    """(FastAPI app, engine) for a trained hypernetwork; the caller runs and closes them."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     hs = load_hypersteer(hypernet, model, device=device)
-    scheduler = Scheduler(Engine(hs, max_prompt_tokens=max_prompt_tokens), max_batch=max_batch,
-                          max_queue=max_queue)
+    engine = Engine(hs, max_prompt_tokens=max_prompt_tokens, max_batch=max_batch,
+                    max_queue=max_queue)
     limits = Limits(max_tokens=max_tokens, default_max_tokens=min(128, max_tokens))
-    app = create_app(scheduler, served_model_name or Path(hypernet).resolve().name,
+    app = create_app(engine, served_model_name or Path(hypernet).resolve().name,
                      api_key=api_key, limits=limits, examples=trained_concepts(hypernet))
-    return app, scheduler
+    return app, engine
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import uvicorn
 
-    app, scheduler = build_server(args.hypernet, args.model, args.device, args.served_model_name,
+    app, engine = build_server(args.hypernet, args.model, args.device, args.served_model_name,
                                   args.api_key, args.max_batch, args.max_queue, args.max_tokens,
                                   args.max_prompt_tokens)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
@@ -71,5 +70,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
-        scheduler.close()
+        engine.close()
     return 0

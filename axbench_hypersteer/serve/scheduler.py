@@ -1,163 +1,117 @@
-"""When requests join the batch: one worker thread, a bounded queue, cohorts decoded together.
+"""Which requests run at each step: admission into the one running batch, and leaving it.
 
 Policy (why): on CPU and GPU alike a decode step costs about the same for 1 row as for 32, so
-throughput comes from rows sharing steps. Waiting requests start together once no new one has
-arrived for ``gather_s`` (so a burst of clients becomes one cohort), after
-``max_wait_s`` at the latest, or at once when they fill the free rows. While cohorts decode,
-newcomers start the same way as a new cohort in the same loop, so nobody waits for a running
-batch's slowest row; at most ``max_cohorts`` cohorts step side by side (each costs one forward
-per step). A cohort still young (at most ``merge_tokens`` generated) is merged into the new one
-instead: its rows are prefilled again over prompt + tokens so far, which costs one short prefill
-and saves a forward on every later step (a burst that trickles in under load stays one batch). Finished and cancelled rows leave at once (``engine.Cohort``).
-A full queue is refused (HTTP 429) rather than letting latency grow without bound.
+throughput comes from rows sharing steps, and every row shares the one running batch. When
+nothing is running, waiting requests start together once no new one has arrived for
+``gather_s`` (a burst of clients becomes one prefill), after ``max_wait_s`` at the latest, or at
+once when they fill the batch. While the batch decodes, a newcomer joins it at the next step
+(its prompt is prefilled and spliced in, ``executor.py``): nobody waits for the slowest row, and
+no step runs more than one decode forward. At most ``max_batch`` rows run; a full queue is
+refused (HTTP 429) rather than letting latency grow without bound. A cancelled request (its
+client went away) leaves at the next step, waiting or running.
 
-Fault isolation: a batched forward (prefill or decode step) that raises does not fail its
-batch. The rows are split in halves and each half is prefilled again over prompt + tokens so
-far (the merge path above, exact for greedy rows), so a poisoned row ends up alone and fails
-alone, in at most log2(rows) splits, while the rest continue; the log names the request.
+Policy only: no model, no tensors. The engine asks ``schedule()`` what to run, and reports rows
+that started (``start``) and ended (``finish``); ``stats()`` is read from other threads.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
 from ..model.errors import HyperSteerError
-from .engine import Cohort, Engine, Failed, Job, Row, fail_alone
-
-logger = logging.getLogger(__name__)
+from .jobs import Job, Row
 
 
 class QueueFull(HyperSteerError, RuntimeError):
     """Every waiting slot is taken: the client should retry later (HTTP 429)."""
 
 
+@dataclass
+class SchedulerOutput:
+    admitted: list[Job] = field(default_factory=list)   # to prepare and prefill this step
+    cancelled: list[Row] = field(default_factory=list)  # running rows to drop before it
+
+
 class Scheduler:
-    def __init__(self, engine: Engine, max_batch: int = 32, max_queue: int = 256,
-                 gather_s: float = 0.01, max_wait_s: float = 0.1, max_cohorts: int = 4,
-                 merge_tokens: int = 16):
-        self.engine = engine
+    def __init__(self, max_batch: int = 32, max_queue: int = 256, gather_s: float = 0.01,
+                 max_wait_s: float = 0.1):
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.gather_s = gather_s
         self.max_wait_s = max_wait_s
-        self.max_cohorts = max_cohorts
-        self.merge_tokens = merge_tokens
-        self._pending: deque[tuple[float, Job]] = deque()
-        self._cohorts: list[Cohort] = []
+        self._waiting: deque[tuple[float, Job]] = deque()
+        self._running: list[Row] = []
         self._cv = threading.Condition()
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="hypersteer-decode", daemon=True)
-        self._thread.start()
 
+    # ----- any thread --------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         with self._cv:
-            if len(self._pending) >= self.max_queue:
+            if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"the server's queue is full ({self.max_queue} requests waiting);"
                                 " retry later")
-            self._pending.append((time.monotonic(), job))
+            self._waiting.append((time.monotonic(), job))
             self._cv.notify()
 
     def stats(self) -> dict:
         with self._cv:
-            return {"queued": len(self._pending),
-                    "active_rows": sum(len(c.rows) for c in self._cohorts),
-                    "cohorts": len(self._cohorts)}
+            return {"queued": len(self._waiting), "active_rows": len(self._running)}
 
-    def close(self) -> None:
+    def stop(self) -> None:
         with self._cv:
             self._stopped = True
             self._cv.notify()
-        self._thread.join(timeout=10)
 
-    # ----- worker --------------------------------------------------------------------------------
-    def _admissible(self) -> list[Job]:
-        """Pending jobs to start now (called with the lock held); [] means wait."""
-        while self._pending and self._pending[0][1].cancelled:
-            self._pending.popleft()
-        if not self._pending or len(self._cohorts) >= self.max_cohorts:
-            return []
-        free = self.max_batch - sum(len(c.rows) for c in self._cohorts)
-        now = time.monotonic()
-        quiet = now - self._pending[-1][0] >= self.gather_s
-        overdue = now - self._pending[0][0] >= self.max_wait_s
-        if free <= 0 or not (quiet or overdue or len(self._pending) >= free):
-            return []
-        take = min(free, len(self._pending))
-        return [self._pending.popleft()[1] for _ in range(take)]
+    # ----- the engine's worker thread ----------------------------------------------------------
+    def wait(self) -> bool:
+        """Block until there is a step to run (rows running, or requests due to start); False
+        once stopped."""
+        with self._cv:
+            while not self._stopped:
+                if self._running or self._due(time.monotonic()):
+                    return True
+                # Gathering a burst: look again soon; nothing at all: sleep until a submit.
+                self._cv.wait(timeout=self.gather_s / 4 if self._waiting else None)
+            return False
 
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._stopped and not self._cohorts and not self._pending:
-                    self._cv.wait()
-                if self._stopped:
-                    return
-                jobs = self._admissible()
-                if not jobs and not self._cohorts:  # only gathering: sleep until it is time
-                    self._cv.wait(timeout=self.gather_s / 4)
-                    continue
-            with self.engine.lock:
-                running = list(self._cohorts)
-                if jobs:
-                    self._start(jobs)
-                for cohort in running:
-                    self._step(cohort)
-            with self._cv:
-                self._cohorts = [c for c in self._cohorts if c.rows]
+    def schedule(self) -> SchedulerOutput:
+        """This step's changes to the running batch: cancelled rows out, due requests in."""
+        with self._cv:
+            cancelled = [r for r in self._running if r.job.cancelled]
+            if cancelled:
+                self._running = [r for r in self._running if not r.job.cancelled]
+            take = self._due(time.monotonic())
+            return SchedulerOutput([self._waiting.popleft()[1] for _ in range(take)], cancelled)
 
-    def _start(self, jobs: list[Job]) -> None:
-        """Vectors and prefill of a new cohort; it then steps with the others."""
-        try:
-            rows = self.engine.prepare(jobs)  # fails the jobs it cannot run, one by one
-        except Exception as err:  # noqa: BLE001 - a bug outside any one request
-            logger.exception("preparing %d requests failed", len(jobs))
-            for job in jobs:
-                job.sink(Failed(500, f"internal error while preparing: {type(err).__name__}"))
-            return
-        for young in [c for c in self._cohorts if c.rows and max(
-                len(r.generated) for r in c.rows) <= self.merge_tokens]:
-            rows = young.rows + rows
-            young.rows = []  # dropped from the list after this loop turn
-        self._launch(rows)
+    def start(self, rows: list[Row]) -> None:
+        """``rows`` (prepared from admitted jobs) are in the batch from now on."""
+        with self._cv:
+            self._running.extend(rows)
 
-    def _step(self, cohort: Cohort) -> None:
-        try:
-            cohort.step()
-        except Exception as err:  # noqa: BLE001 - isolate the row that caused it
-            rows = [r for r in cohort.rows if not r.job.cancelled]
-            cohort.rows = []  # its KV cache may be half updated: never step it again
-            self._split(rows, "decoding", err)
+    def running(self) -> list[Row]:
+        with self._cv:
+            return list(self._running)
 
-    def _launch(self, rows: list[Row]) -> None:
-        """Prefill ``rows`` as one cohort that then steps with the others."""
-        if not rows:
-            return
-        try:
-            cohort = Cohort(self.engine, rows)
-        except Exception as err:  # noqa: BLE001 - isolate the row that caused it
-            self._split(rows, "batching", err)
-            return
-        with self._cv:  # listed before its first token is sent: stats() counts its rows
-            self._cohorts.append(cohort)
-        try:
-            cohort.prefill()  # raises before any row advanced, or not at all
-        except Exception as err:  # noqa: BLE001
-            cohort.rows = []  # dropped from the list after this loop turn
-            self._split(rows, "prefilling", err)
-
-    def _split(self, rows: list[Row], stage: str, err: Exception) -> None:
-        """A batched forward failed: one row alone is the cause and fails; more are retried
-        in halves (each prefilled over prompt + tokens so far, as a merge is)."""
-        if len(rows) == 1:
-            fail_alone(rows[0].job, stage, err)
-            return
+    def finish(self, rows: list[Row]) -> None:
+        """``rows`` finished or failed: their places are free."""
         if rows:
-            logger.warning("a batched forward of %d requests failed while %s (%s: %s); retrying "
-                           "them in halves to isolate the request that caused it", len(rows),
-                           stage, type(err).__name__, err)
-        half = len(rows) // 2
-        self._launch(rows[:half])
-        self._launch(rows[half:])
+            gone = set(rows)
+            with self._cv:
+                self._running = [r for r in self._running if r not in gone]
+
+    def _due(self, now: float) -> int:
+        """How many waiting jobs start now (called with the lock held)."""
+        if any(job.cancelled for _, job in self._waiting):
+            self._waiting = deque(w for w in self._waiting if not w[1].cancelled)
+        free = self.max_batch - len(self._running)
+        if not self._waiting or free <= 0:
+            return 0
+        if not self._running:  # an idle batch gathers a burst, to prefill it as one
+            quiet = now - self._waiting[-1][0] >= self.gather_s
+            overdue = now - self._waiting[0][0] >= self.max_wait_s
+            if not (quiet or overdue or len(self._waiting) >= free):
+                return 0
+        return min(free, len(self._waiting))
