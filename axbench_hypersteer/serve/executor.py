@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 
 from ..model.steering import Steerer, SteeringSource
+from ..model.tokens import position_ids
 from .jobs import Row
 
 
@@ -164,7 +165,7 @@ class Executor:
         vectors = torch.stack([r.vector for r in rows])                          # [N, d]
         factors = torch.tensor([r.job.steering.factor for r in rows], dtype=torch.float32,
                                device=device)                                    # [N]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)                           # [N, T]
+        positions = position_ids(mask)                                           # [N, T]
         logits, cache = self.forward(ids, mask, positions, vectors, factors)
         return logits, Batch(list(rows), mask, vectors, factors, cache)
 
