@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import json
 import logging
 import math
@@ -57,11 +56,11 @@ from ..model.tokens import IGNORE_INDEX, position_ids
 from ..stages.common import add_progress_flags
 from ..stages.plots import new_figure, save_figure
 from ..stages.data import load_train_frame
-from ..stages.run_config import (METHOD_VARIANTS, canonical_method, is_hypersteer_method,
-                                   load_run_config)
-from .common import (_prompt_fits, autocast_for, example_losses, judge_scores, judge_session,
-                     limit_metadata, load_base_for, loss_summary, mean_pm,
-                     prepare_splits, train_or_load, with_overrides, write_table)
+from ..stages.run_config import (METHOD_VARIANTS, MethodSpec, RunConfig, canonical_method,
+                                   is_hypersteer_method, load_run_config)
+from .common import (EvalSplits, _prompt_fits, autocast_for, judge_scores, judge_session,
+                     limit_metadata, load_base_for, mean_pm, prepare_splits, release_memory,
+                     scored_losses, train_or_load, with_overrides, write_table)
 
 logger = logging.getLogger(__name__)
 
@@ -338,6 +337,10 @@ def _config_paths(config: Path, out_dir: Path, only: Sequence[str] | None) -> li
     return paths
 
 
+# (config path, run config, resolved spec, num_blocks asked for when clipped) per run name.
+_Resolved = dict[str, tuple[Path, RunConfig, MethodSpec, int | None]]
+
+
 def run_ablations(config: str | Path, data_dir: str | Path, out_dir: str | Path, *,
                   heldout_data_dir: str | Path | None = None,
                   heldout_concepts: int | None = None, heldin_concepts: int = 10,
@@ -349,7 +352,33 @@ def run_ablations(config: str | Path, data_dir: str | Path, out_dir: str | Path,
     tabulate held-in / held-out loss (and judge score). ``config``: a directory of generated
     YAMLs (e.g. ``sweep_configs/ablations``) or one base YAML to derive the grid from."""
     out_dir = Path(out_dir)
-    paths = _config_paths(Path(config), out_dir, only)
+    runs = _load_runs(_config_paths(Path(config), out_dir, only))
+    first = next(iter(runs.values()))[1]
+    if heldout_data_dir is None and not heldout_concepts:
+        raise ConfigError("ablations need held-out concepts: --heldout_data_dir (e.g. "
+                          "Concept10) or --heldout_concepts")
+    seed = first.seed if seed is None else seed
+    splits = prepare_splits(data_dir, out_dir, heldout_data_dir=heldout_data_dir,
+                            heldout_concepts=heldout_concepts, heldin_concepts=heldin_concepts,
+                            eval_examples=eval_examples, seed=seed)
+    base = load_base_for(first, base)
+    depth = base[0].config.num_hidden_layers
+    autocast = autocast_for(first, base[0])
+    resolved = {name: (path, run, *_resolve_spec(run, depth, reconstruction_targets, out_dir,
+                                                 base, splits.pool_dir))
+                for name, (path, run) in runs.items()}
+    trained_as, results, unsteered = _train_runs(resolved, splits, out_dir, first, base,
+                                                 autocast, judge, judge_concepts, progress)
+    table = _table(resolved, trained_as, results, unsteered)
+    figure = ablations_figure(table, unsteered)
+    out_paths = {"png": save_figure(figure, out_dir / "ablations.png")}
+    out_paths["csv"], out_paths["md"] = _write_ablations_table(
+        table, out_dir, first, depth, data_dir, splits, unsteered, judge)
+    return AblationResult(table, figure, out_paths)
+
+
+def _load_runs(paths: list[Path]) -> dict[str, tuple[Path, RunConfig]]:
+    """The runs by name; every row compares against the same base model and steering layer."""
     runs = {}
     for path in paths:
         run = load_run_config(path)
@@ -361,41 +390,40 @@ def run_ablations(config: str | Path, data_dir: str | Path, out_dir: str | Path,
     for name, (path, run) in runs.items():
         if (run.model_name, run.layer) != (first.model_name, first.layer):
             raise ConfigError(f"{path}: base model/layer differ from the other ablation configs")
-    if heldout_data_dir is None and not heldout_concepts:
-        raise ConfigError("ablations need held-out concepts: --heldout_data_dir (e.g. "
-                          "Concept10) or --heldout_concepts")
-    seed = first.seed if seed is None else seed
-    splits = prepare_splits(data_dir, out_dir, heldout_data_dir=heldout_data_dir,
-                            heldout_concepts=heldout_concepts, heldin_concepts=heldin_concepts,
-                            eval_examples=eval_examples, seed=seed)
-    base = load_base_for(first, base)
-    depth = base[0].config.num_hidden_layers
-    autocast = autocast_for(first, base[0])
+    return runs
 
-    resolved = {}
-    for name, (path, run) in runs.items():
-        spec, clipped_from = clip_to_depth(run.method(), depth)
-        if spec.train.objective != "lm":
-            targets = reconstruction_targets or spec.train.reconstruction_targets
-            if targets == DIFFMEAN:
-                out = out_dir / "targets" / f"diffmean_l{run.layer}.safetensors"
-                if not out.exists():
-                    logger.info("computing DiffMean stand-in reconstruction targets -> %s", out)
-                    diffmean_targets(base, splits.pool_dir, run.layer, out,
-                                     spec.train.max_length, spec.train.batch_size)
-                targets = str(out)
-            spec = with_overrides(spec, train={"reconstruction_targets": str(targets)})
-        resolved[name] = (path, run, spec, clipped_from)
 
+def _resolve_spec(run: RunConfig, depth: int, reconstruction_targets: str | None,
+                  out_dir: Path, base, pool_dir: Path) -> tuple[MethodSpec, int | None]:
+    """(spec as trained, num_blocks asked for when clipped): blocks clipped to the base depth,
+    and ``diffmean`` reconstruction targets computed (once) into a file the trainer can read."""
+    spec, clipped_from = clip_to_depth(run.method(), depth)
+    if spec.train.objective != "lm":
+        targets = reconstruction_targets or spec.train.reconstruction_targets
+        if targets == DIFFMEAN:
+            out = out_dir / "targets" / f"diffmean_l{run.layer}.safetensors"
+            if not out.exists():
+                logger.info("computing DiffMean stand-in reconstruction targets -> %s", out)
+                diffmean_targets(base, pool_dir, run.layer, out,
+                                 spec.train.max_length, spec.train.batch_size)
+            targets = str(out)
+        spec = with_overrides(spec, train={"reconstruction_targets": str(targets)})
+    return spec, clipped_from
+
+
+def _train_runs(resolved: _Resolved, splits: EvalSplits, out_dir: Path, first: RunConfig, base,
+                autocast, judge: str, judge_concepts: int | None, progress: bool
+                ) -> tuple[dict[str, str], dict[str, dict], dict[str, dict]]:
+    """Train and score each distinct configuration once. Returns (run trained for each spec
+    key, results per trained run, unsteered loss per split)."""
     trained_as: dict[str, str] = {}
     results: dict[str, dict] = {}
     unsteered: dict[str, dict] = {}
     judge_meta = {
-        "heldin": limit_metadata(splits.heldin_metadata, judge_concepts,
-                                 out_dir / "splits" / "judge_heldin_metadata.jsonl"),
-        "heldout": limit_metadata(splits.heldout_metadata, judge_concepts,
-                                  out_dir / "splits" / "judge_heldout_metadata.jsonl"),
-    }
+        split_name: limit_metadata(meta, judge_concepts,
+                                   out_dir / "splits" / f"judge_{split_name}_metadata.jsonl")
+        for split_name, meta in (("heldin", splits.heldin_metadata),
+                                 ("heldout", splits.heldout_metadata))}
     with judge_session(judge, first) as judge_config:
         for name, (path, run, spec, _) in resolved.items():
             key = _spec_key(spec)
@@ -407,20 +435,14 @@ def run_ablations(config: str | Path, data_dir: str | Path, out_dir: str | Path,
                         spec.name, spec.model.num_blocks, spec.train.lr, spec.model.init,
                         spec.train.objective)
             hs, summary = train_or_load(run, spec, splits.pool_dir, run_dir, base, progress)
-            cfg = spec.train
             res: dict[str, Any] = {"steps": summary.get("steps"),
                                    "train_loss": summary.get("last_loss")}
             for split_name, frame in (("heldin", splits.heldin), ("heldout", splits.heldout)):
-                losses = example_losses(hs, frame, cfg.batch_size, cfg.max_length, 1.0, autocast)
-                losses.to_csv(run_dir / f"{split_name}_losses.csv", index=False)
-                res[split_name] = loss_summary(losses)
-                if split_name not in unsteered:
-                    unsteered[split_name] = loss_summary(example_losses(
-                        hs, frame, cfg.batch_size, cfg.max_length, 0.0, autocast))
+                res[split_name] = scored_losses(hs, frame, spec.train, autocast,
+                                                run_dir / f"{split_name}_losses.csv",
+                                                unsteered, split_name)
             del hs
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_memory()
             if judge_config is not None:
                 for split_name, meta in judge_meta.items():
                     if meta is None:
@@ -429,29 +451,14 @@ def run_ablations(config: str | Path, data_dir: str | Path, out_dir: str | Path,
                                           base, judge_config, progress)
                     res[f"{split_name}_judge"] = scores.get(spec.name)
             results[name] = res
+    return trained_as, results, unsteered
 
-    table = _table(resolved, trained_as, results, unsteered)
-    figure = ablations_figure(table, unsteered)
-    out_paths = {"png": save_figure(figure, out_dir / "ablations.png")}
-    md = pd.DataFrame({
-        "section": table["section"], "ablation": table["ablation"],
-        "N": [f"{n} (config {c})" if c != n else str(n)
-              for n, c in zip(table["num_blocks"], table["num_blocks_config"])],
-        "lr": [f"{x:.3g}" for x in table["lr"]],
-        "held-in loss": [mean_pm(m, s) for m, s in zip(table.heldin_loss_mean,
-                                                        table.heldin_loss_std)],
-        "held-out loss": [mean_pm(m, s) for m, s in zip(table.heldout_loss_mean,
-                                                         table.heldout_loss_std)],
-    })
-    if table[["heldin_judge_mean", "heldout_judge_mean"]].notna().any().any():
-        md["held-in judge"] = [mean_pm(m, s) for m, s in zip(table.heldin_judge_mean,
-                                                             table.heldin_judge_std)]
-        md["held-out judge"] = [mean_pm(m, s) for m, s in zip(table.heldout_judge_mean,
-                                                              table.heldout_judge_std)]
-    md["paper judge (HI / HO)"] = [
-        "—" if pd.isna(a) else f"{a:.3f} / {b:.3f}"
-        for a, b in zip(table.paper_heldin_judge, table.paper_heldout_judge)]
-    md["run"] = [r if r == t else f"{r} (= {t})" for r, t in zip(table.run, table.trained_as)]
+
+def _write_ablations_table(table: pd.DataFrame, out_dir: Path, first: RunConfig, depth: int,
+                           data_dir: str | Path, splits: EvalSplits, unsteered: dict[str, dict],
+                           judge: str) -> tuple[Path, Path]:
+    """``ablations.csv`` and ``ablations.md``, whose notes say what the numbers were measured on
+    and how a row's N and lr came about."""
     notes = [
         f"Base model `{first.model_name}` ({depth} blocks), steering layer {first.layer}; "
         f"training pool: `{data_dir}` minus held-out concepts and held-in examples "
@@ -471,10 +478,32 @@ def run_ablations(config: str | Path, data_dir: str | Path, out_dir: str | Path,
     ]
     if judge == "offline":
         notes.append("OFFLINE STAND-IN JUDGE: the judge columns only show the pipeline works.")
-    out_paths["csv"], out_paths["md"] = write_table(
-        table, out_dir, "ablations", "HyperSteer ablations (paper Table 2)", notes, md,
-        ["", "![ablations](ablations.png)"])
-    return AblationResult(table, figure, out_paths)
+    return write_table(table, out_dir, "ablations", "HyperSteer ablations (paper Table 2)",
+                       notes, _markdown_frame(table), ["", "![ablations](ablations.png)"])
+
+
+def _markdown_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as a reader compares it: mean ± std cells, clipped N next to the asked N."""
+    md = pd.DataFrame({
+        "section": table["section"], "ablation": table["ablation"],
+        "N": [f"{n} (config {c})" if c != n else str(n)
+              for n, c in zip(table["num_blocks"], table["num_blocks_config"])],
+        "lr": [f"{x:.3g}" for x in table["lr"]],
+        "held-in loss": [mean_pm(m, s) for m, s in zip(table.heldin_loss_mean,
+                                                        table.heldin_loss_std)],
+        "held-out loss": [mean_pm(m, s) for m, s in zip(table.heldout_loss_mean,
+                                                         table.heldout_loss_std)],
+    })
+    if table[["heldin_judge_mean", "heldout_judge_mean"]].notna().any().any():
+        md["held-in judge"] = [mean_pm(m, s) for m, s in zip(table.heldin_judge_mean,
+                                                             table.heldin_judge_std)]
+        md["held-out judge"] = [mean_pm(m, s) for m, s in zip(table.heldout_judge_mean,
+                                                              table.heldout_judge_std)]
+    md["paper judge (HI / HO)"] = [
+        "—" if pd.isna(a) else f"{a:.3f} / {b:.3f}"
+        for a, b in zip(table.paper_heldin_judge, table.paper_heldout_judge)]
+    md["run"] = [r if r == t else f"{r} (= {t})" for r, t in zip(table.run, table.trained_as)]
+    return md
 
 
 def _table(resolved, trained_as, results, unsteered) -> pd.DataFrame:

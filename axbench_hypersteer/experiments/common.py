@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -33,14 +34,16 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
-from ..model.config import ConfigError, JudgeConfig
+from ..model.config import ConfigError, JudgeConfig, TrainConfig
 from ..model.errors import DataError
 from ..model.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 from ..model.hypersteer import HyperSteer
 from ..stages.data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept,
                              read_parquet, train_parquet_files, write_parquet_like)
 from ..stages.run_config import MethodSpec, RunConfig
+from ..stages.splits import overlapping_concepts, positive_mask
 from ..stages.steering_loss import EVAL_COLUMNS, example_losses  # noqa: F401
 from ..stages.steering_loss import prompt_fits as _prompt_fits  # noqa: F401
 from ..stages.common import (PromptSplit, autocast_for, is_trained,  # noqa: F401
@@ -81,10 +84,6 @@ def write_generate(out_dir: str | Path, frame: pd.DataFrame, metadata: list[dict
     return Path(out_dir)
 
 
-def _positive(frame: pd.DataFrame) -> pd.Series:
-    return (frame["concept_id"] != NEGATIVE_ID) & (frame["category"] == "positive")
-
-
 def _eval_frame(rows: pd.DataFrame, concepts: dict[int, str]) -> pd.DataFrame:
     out = pd.DataFrame({"concept_id": rows["concept_id"].astype("int64"),
                         "concept": rows["concept_id"].map(concepts),
@@ -121,6 +120,20 @@ class EvalSplits:
         return [int(m["concept_id"]) for m in meta]
 
 
+@dataclass
+class _EvalSet:
+    """One evaluation set while splits are made: its rows, metadata, and the concept ids (for
+    held-out) or row labels (for held-in) it takes away from training."""
+
+    frame: pd.DataFrame
+    metadata: list[dict]
+    taken: set[int] | list[int]
+
+
+def _no_eval_set() -> _EvalSet:
+    return _EvalSet(pd.DataFrame(columns=EVAL_COLUMNS), [], set())
+
+
 def prepare_splits(data_dir: str | Path, out_dir: str | Path, *,
                    heldout_data_dir: str | Path | None = None,
                    heldout_concepts: int | None = None, heldin_concepts: int = 0,
@@ -144,76 +157,103 @@ def prepare_splits(data_dir: str | Path, out_dir: str | Path, *,
             raise ConfigError(f"{split_dir}: made with other settings {summary.get('params')}; "
                               f"use a fresh --out_dir (asked for {params})")
         return _load_splits(split_dir, summary)
+    summary = {"params": params, **_make_splits(split_dir, data_dir, heldout_data_dir,
+                                                heldout_concepts, heldin_concepts,
+                                                eval_examples, seed)}
+    atomic_write_json(summary_path, summary)
+    return _load_splits(split_dir, summary)
 
+
+def _make_splits(split_dir: Path, data_dir: str | Path, heldout_data_dir: str | Path | None,
+                 heldout_concepts: int | None, heldin_concepts: int, eval_examples: int,
+                 seed: int) -> dict[str, Any]:
+    """Write the pool and the evaluation sets; returns the summary (without ``params``)."""
     frame, metadata, schema = read_generate(data_dir)
-    concepts = {int(m["concept_id"]): m["concept"] for m in metadata}
-    positive = _positive(frame)
+    positive = positive_mask(frame)
     with_rows = sorted(set(frame.loc[positive, "concept_id"].astype(int)))
-    summary: dict[str, Any] = {"params": params, "removed_overlap": []}
-
+    summary: dict[str, Any] = {"removed_overlap": []}
     if heldout_data_dir is not None:
-        ho_frame, ho_meta, _ = read_generate(heldout_data_dir)
-        ho_concepts = {int(m["concept_id"]): m["concept"] for m in ho_meta}
-        ho_pos = ho_frame[_positive(ho_frame)]
-        if ho_pos.empty:
-            raise DataError(f"{heldout_data_dir}: no positive rows to evaluate on")
-        heldout = _eval_frame(_sample_rows(ho_pos, eval_examples, seed), ho_concepts)
-        heldout_meta = [m for m in ho_meta if int(m["concept_id"]) in set(heldout["concept_id"])]
-        texts = {normalise_concept(m["concept"]) for m in heldout_meta}
-        removed = [cid for cid in with_rows if normalise_concept(concepts[cid]) in texts]
-        summary["removed_overlap"] = removed
-        if removed:
-            logger.warning("%d training concept(s) are held-out concepts too (same text); "
-                           "removed from training", len(removed))
-        heldout_ids = set(removed)
+        heldout = _heldout_from_dump(heldout_data_dir, metadata, with_rows, eval_examples, seed)
+        summary["removed_overlap"] = sorted(heldout.taken)
     elif heldout_concepts:
         if heldout_concepts >= len(with_rows):
             raise ConfigError(f"heldout_concepts={heldout_concepts} leaves no training concept "
                               f"({len(with_rows)} concepts in {data_dir})")
-        heldout_ids = set(random.Random(seed).sample(with_rows, heldout_concepts))
-        rows = frame[positive & frame["concept_id"].isin(heldout_ids)]
-        heldout = _eval_frame(_sample_rows(rows, eval_examples, seed), concepts)
-        heldout_meta = [m for m in metadata if int(m["concept_id"]) in heldout_ids]
+        heldout = _drawn_eval_set(frame[positive], metadata,
+                                  random.Random(seed).sample(with_rows, heldout_concepts),
+                                  eval_examples, seed)
     else:
-        heldout_ids, heldout, heldout_meta = set(), pd.DataFrame(columns=EVAL_COLUMNS), []
+        heldout = _no_eval_set()
 
-    train_ids = [cid for cid in with_rows if cid not in heldout_ids]
+    train_ids = [cid for cid in with_rows if cid not in heldout.taken]
     if not train_ids:
         raise DataError(f"{data_dir}: no training concept left after removing held-out concepts")
-    heldin_meta: list[dict] = []
-    heldin = pd.DataFrame(columns=EVAL_COLUMNS)
-    held_back: list[int] = []
+    heldin = _no_eval_set()
     if heldin_concepts:
         chosen = sorted(random.Random(seed + 1).sample(train_ids, min(heldin_concepts,
                                                                       len(train_ids))))
-        rows = frame[positive & frame["concept_id"].isin(chosen)]
-        picked = _sample_rows(rows, eval_examples, seed + 1)
-        # Keep at least one training example per held-in concept, else it is not held-in.
-        too_few = [int(c) for c, g in rows.groupby("concept_id")
-                   if len(g) <= int((picked["concept_id"] == c).sum())]
-        if too_few:
-            raise DataError(f"held-in concepts {too_few} have <= eval_examples={eval_examples} "
-                            "examples: nothing would be left to train on; lower --eval_examples")
-        held_back = list(picked.index)
-        heldin = _eval_frame(picked, concepts)
-        heldin_meta = [m for m in metadata if int(m["concept_id"]) in set(chosen)]
+        heldin = _heldin_set(frame[positive], metadata, chosen, eval_examples, seed + 1)
 
-    keep = ~frame["concept_id"].isin(heldout_ids) & ~frame.index.isin(held_back)
-    pool_meta = [m for m in metadata if int(m["concept_id"]) not in heldout_ids]
+    keep = ~frame["concept_id"].isin(heldout.taken) & ~frame.index.isin(heldin.taken)
+    pool_meta = [m for m in metadata if int(m["concept_id"]) not in heldout.taken]
     write_generate(split_dir / "pool", frame[keep], pool_meta, schema)
-    heldout.to_parquet(split_dir / "heldout.parquet", index=False)
-    heldin.to_parquet(split_dir / "heldin.parquet", index=False)
-    for name, meta in (("heldout", heldout_meta), ("heldin", heldin_meta)):
+    for name, part in (("heldout", heldout), ("heldin", heldin)):
+        part.frame.to_parquet(split_dir / f"{name}.parquet", index=False)
         atomic_write_text(split_dir / f"{name}_metadata.jsonl",
-                          "".join(json.dumps(m) + "\n" for m in meta))
-    summary.update({
-        "train_concepts": len(train_ids), "train_rows": int(keep.sum()),
-        "heldout_concepts": int(heldout["concept_id"].nunique()),
-        "heldout_examples": len(heldout),
-        "heldin_concepts": int(heldin["concept_id"].nunique()), "heldin_examples": len(heldin),
-    })
-    atomic_write_json(summary_path, summary)
-    return _load_splits(split_dir, summary)
+                          "".join(json.dumps(m) + "\n" for m in part.metadata))
+    return {**summary, "train_concepts": len(train_ids), "train_rows": int(keep.sum()),
+            "heldout_concepts": int(heldout.frame["concept_id"].nunique()),
+            "heldout_examples": len(heldout.frame),
+            "heldin_concepts": int(heldin.frame["concept_id"].nunique()),
+            "heldin_examples": len(heldin.frame)}
+
+
+def _heldout_from_dump(heldout_data_dir: str | Path, metadata: list[dict], with_rows: list[int],
+                       eval_examples: int, seed: int) -> _EvalSet:
+    """Held-out examples from another dump; training concepts with the same text are taken out
+    of training (the same match as :func:`~..stages.splits.make_split`)."""
+    ho_frame, ho_meta, _ = read_generate(heldout_data_dir)
+    ho_concepts = {int(m["concept_id"]): m["concept"] for m in ho_meta}
+    ho_pos = ho_frame[positive_mask(ho_frame)]
+    if ho_pos.empty:
+        raise DataError(f"{heldout_data_dir}: no positive rows to evaluate on")
+    heldout = _eval_frame(_sample_rows(ho_pos, eval_examples, seed), ho_concepts)
+    heldout_meta = [m for m in ho_meta if int(m["concept_id"]) in set(heldout["concept_id"])]
+    texts = {normalise_concept(m["concept"]) for m in heldout_meta}
+    overlap = {int(e["concept_id"]) for e in overlapping_concepts(metadata, texts)}
+    removed = [cid for cid in with_rows if cid in overlap]
+    if removed:
+        logger.warning("%d training concept(s) are held-out concepts too (same text); "
+                       "removed from training", len(removed))
+    return _EvalSet(heldout, heldout_meta, set(removed))
+
+
+def _drawn_eval_set(positives: pd.DataFrame, metadata: list[dict], concept_ids: Sequence[int],
+                    eval_examples: int, seed: int) -> _EvalSet:
+    """Examples of ``concept_ids`` from the training data itself; ``taken``: the concept ids."""
+    ids = set(concept_ids)
+    rows = positives[positives["concept_id"].isin(ids)]
+    concepts = {int(m["concept_id"]): m["concept"] for m in metadata}
+    picked = _sample_rows(rows, eval_examples, seed)
+    return _EvalSet(_eval_frame(picked, concepts),
+                    [m for m in metadata if int(m["concept_id"]) in ids], ids)
+
+
+def _heldin_set(positives: pd.DataFrame, metadata: list[dict], chosen: list[int],
+                eval_examples: int, seed: int) -> _EvalSet:
+    """Held-back examples of training concepts; ``taken``: their row labels."""
+    rows = positives[positives["concept_id"].isin(chosen)]
+    picked = _sample_rows(rows, eval_examples, seed)
+    # Keep at least one training example per held-in concept, else it is not held-in.
+    too_few = [int(c) for c, g in rows.groupby("concept_id")
+               if len(g) <= int((picked["concept_id"] == c).sum())]
+    if too_few:
+        raise DataError(f"held-in concepts {too_few} have <= eval_examples={eval_examples} "
+                        "examples: nothing would be left to train on; lower --eval_examples")
+    concepts = {int(m["concept_id"]): m["concept"] for m in metadata}
+    return _EvalSet(_eval_frame(picked, concepts),
+                    [m for m in metadata if int(m["concept_id"]) in set(chosen)],
+                    list(picked.index))
 
 
 def _load_splits(split_dir: Path, summary: dict) -> EvalSplits:
@@ -323,6 +363,26 @@ def loss_summary(losses: pd.DataFrame) -> dict[str, float]:
     std = float(per_concept.std(ddof=1)) if len(per_concept) > 1 else float("nan")
     return {"mean": float(per_concept.mean()), "std": std, "n_concepts": int(len(per_concept)),
             "n_examples": int(len(losses))}
+
+
+def scored_losses(hs: HyperSteer, frame: pd.DataFrame, train: TrainConfig, autocast,
+                  csv_path: Path, unsteered: dict[str, dict], key: str) -> dict[str, float]:
+    """:func:`loss_summary` of ``frame`` at factor 1.0, its example losses saved to
+    ``csv_path``. The unsteered loss (factor 0.0) does not depend on the hypernetwork, so it is
+    computed once per ``key`` into ``unsteered``."""
+    losses = example_losses(hs, frame, train.batch_size, train.max_length, 1.0, autocast)
+    losses.to_csv(csv_path, index=False)
+    if key not in unsteered:
+        unsteered[key] = loss_summary(example_losses(
+            hs, frame, train.batch_size, train.max_length, 0.0, autocast))
+    return loss_summary(losses)
+
+
+def release_memory() -> None:
+    """Call after dropping a hypernetwork: the next run's must not share the device with it."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------ judge

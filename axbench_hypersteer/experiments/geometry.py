@@ -41,7 +41,7 @@ from ..stages.common import add_progress_flags
 from ..stages.plots import new_figure, save_figure
 from ..stages.data import generate_dir, load_metadata
 from ..stages.inference_stage import load_prompts
-from ..stages.run_config import canonical_method, load_run_config
+from ..stages.run_config import RunConfig, canonical_method, load_run_config
 from ..stages.common import is_trained
 from .common import (autocast_for, concept_colors, load_base_for, load_trained,
                      short, train_or_load, write_table)
@@ -133,14 +133,8 @@ def run_geometry(config_path: str | Path, out_dir: str | Path, *,
 
     vectors: dict[str, np.ndarray] = {}
     for method in methods:
-        dump = dumps.get(method, out_dir)
-        if is_trained(dump, method):
-            hs, _ = load_trained(dump, method, base)
-        elif data_dir is not None:
-            hs, _ = train_or_load(run, run.method(method), data_dir, out_dir, base, progress)
-        else:
-            raise ConfigError(f"geometry: {method} is not trained in {dump} and no --data_dir "
-                              "was given to train it")
+        hs = _trained_method(run, method, dumps.get(method, out_dir), out_dir, data_dir, base,
+                             progress)
         vectors[method] = steering_vectors(hs, index, batch_size, autocast)
         save_tensors(out_dir / "vectors" / f"{method}.safetensors",
                      {"vectors": torch.from_numpy(vectors[method]).contiguous()})
@@ -149,7 +143,29 @@ def run_geometry(config_path: str | Path, out_dir: str | Path, *,
     index.to_csv(out_dir / "vectors" / "index.csv", index=False)
 
     labels = index["concept_id"].to_numpy()
-    names = dict(zip(index["concept_id"], index["concept"]))
+    table, cosine, pca, tsne = _vector_geometry(vectors, labels, perplexity, tsne_iters, seed)
+    figures, paths = _write_geometry(out_dir, run, index, table, cosine, pca, tsne, perplexity,
+                                     seed)
+    return GeometryResult(vectors, index, table, cosine, figures, paths)
+
+
+def _trained_method(run: RunConfig, method: str, dump: Path, out_dir: Path,
+                    data_dir: str | Path | None, base, progress: bool):
+    """A trained hypernetwork is reused as it is; training one is the fallback, only when data
+    was given for it."""
+    if is_trained(dump, method):
+        hs, _ = load_trained(dump, method, base)
+    elif data_dir is not None:
+        hs, _ = train_or_load(run, run.method(method), data_dir, out_dir, base, progress)
+    else:
+        raise ConfigError(f"geometry: {method} is not trained in {dump} and no --data_dir "
+                          "was given to train it")
+    return hs
+
+
+def _vector_geometry(vectors: Mapping[str, np.ndarray], labels: np.ndarray, perplexity: float,
+                     tsne_iters: int, seed: int) -> tuple[pd.DataFrame, dict, dict, dict]:
+    """(summary table, per-concept cosine blocks, PCA points, t-SNE points), per method."""
     rows, cosine, pca, tsne = [], {}, {}, {}
     for method, vecs in vectors.items():
         sim = cosine_matrix(vecs)
@@ -165,7 +181,15 @@ def run_geometry(config_path: str | Path, out_dir: str | Path, *,
                      "gap": float(np.nanmean(diag) - np.nanmean(off)),
                      "mean_norm": float(np.linalg.norm(vecs, axis=1).mean()),
                      "pca_explained_variance": float(ratio.sum())})
-    table = pd.DataFrame(rows)
+    return pd.DataFrame(rows), cosine, pca, tsne
+
+
+def _write_geometry(out_dir: Path, run: RunConfig, index: pd.DataFrame, table: pd.DataFrame,
+                    cosine: dict, pca: dict, tsne: dict, perplexity: float,
+                    seed: int) -> tuple[dict, dict[str, Path]]:
+    """The three figures and the table, with the notes a reader needs to interpret them."""
+    labels = index["concept_id"].to_numpy()
+    names = dict(zip(index["concept_id"], index["concept"]))
     order = list(dict.fromkeys(labels.tolist()))
     concept_names = [names[c] for c in order]
     figures = {
@@ -182,7 +206,7 @@ def run_geometry(config_path: str | Path, out_dir: str | Path, *,
     paths["csv"], paths["md"] = write_table(
         table, out_dir, "geometry", "Geometry of HyperSteer steering vectors", notes,
         extra_md=["", "![PCA](pca.png)", "", "![t-SNE](tsne.png)", "", "![cosine](cosine.png)"])
-    return GeometryResult(vectors, index, table, cosine, figures, paths)
+    return figures, paths
 
 
 def projection_figure(points: Mapping[str, np.ndarray], labels: np.ndarray,

@@ -22,7 +22,6 @@ Writes ``scaling.csv``, ``scaling.md`` and ``scaling.png`` (log-x curves, one pe
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +29,15 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..model.config import ConfigError
 from ..stages.common import add_progress_flags
 from ..stages.plots import new_figure, save_figure
 from ..stages.data import load_metadata
-from ..stages.run_config import load_run_config
-from .common import (autocast_for, example_losses, judge_scores, judge_session, limit_metadata,
-                     load_base_for, loss_summary, mean_pm, nested_subsets,
-                     parse_sizes, prepare_splits, train_or_load, with_overrides,
+from ..stages.run_config import MethodSpec, RunConfig, load_run_config
+from .common import (EvalSplits, autocast_for, judge_scores, judge_session, limit_metadata,
+                     load_base_for, mean_pm, nested_subsets, parse_sizes, prepare_splits,
+                     release_memory, scored_losses, train_or_load, with_overrides,
                      write_concept_subset, write_table)
 
 logger = logging.getLogger(__name__)
@@ -94,34 +92,8 @@ def run_scaling(config_path: str | Path, data_dir: str | Path, out_dir: str | Pa
             data = splits.pool_dir if n == len(pool) else _subset_dir(splits.pool_dir, ids,
                                                                         run_dir)
             for spec in specs:
-                if spec.train.max_concepts is not None:
-                    logger.info("%s: ignoring max_concepts=%s (the subset sets the concepts)",
-                                spec.name, spec.train.max_concepts)
-                spec_n = with_overrides(spec, train={"max_concepts": None})
-                logger.info("scaling: %s on %d concepts", spec.name, n)
-                hs, summary = train_or_load(run, spec_n, data, run_dir, base, progress)
-                cfg = spec_n.train
-                losses = example_losses(hs, splits.heldout, cfg.batch_size, cfg.max_length,
-                                        1.0, autocast)
-                losses.to_csv(run_dir / f"heldout_losses_{spec.name}.csv", index=False)
-                if spec.name not in unsteered:
-                    unsteered[spec.name] = loss_summary(example_losses(
-                        hs, splits.heldout, cfg.batch_size, cfg.max_length, 0.0, autocast))
-                held = loss_summary(losses)
-                rows.append({
-                    "method": spec.name, "n_concepts": n,
-                    "train_examples": summary.get("train_examples"),
-                    "steps": summary.get("steps"), "train_loss": summary.get("last_loss"),
-                    "heldout_loss_mean": held["mean"], "heldout_loss_std": held["std"],
-                    "heldout_concepts": held["n_concepts"],
-                    "heldout_examples": held["n_examples"],
-                    "unsteered_loss_mean": unsteered[spec.name]["mean"],
-                    "judge_mean": np.nan, "judge_std": np.nan, "judge_concepts": 0,
-                })
-                del hs
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                rows.append(_train_and_score(run, spec, n, data, run_dir, splits, base,
+                                             autocast, unsteered, progress))
             if judge_config is not None:
                 if judge_meta is None:
                     raise ConfigError("judge: the held-out concepts have no metadata")
@@ -135,6 +107,41 @@ def run_scaling(config_path: str | Path, data_dir: str | Path, out_dir: str | Pa
     table = pd.DataFrame(rows)
     figure = scaling_figure(table)
     paths = {"png": save_figure(figure, out_dir / "scaling.png")}
+    paths["csv"], paths["md"] = _write_scaling_table(table, out_dir, splits, data_dir,
+                                                     heldout_data_dir, judge, seed)
+    return ScalingResult(table, figure, paths)
+
+
+def _train_and_score(run: RunConfig, spec: MethodSpec, n: int, data: Path, run_dir: Path,
+                     splits: EvalSplits, base, autocast, unsteered: dict[str, dict],
+                     progress: bool) -> dict:
+    """One table row: ``spec`` trained on the ``n``-concept subset, scored on held-out loss."""
+    if spec.train.max_concepts is not None:
+        logger.info("%s: ignoring max_concepts=%s (the subset sets the concepts)",
+                    spec.name, spec.train.max_concepts)
+    spec_n = with_overrides(spec, train={"max_concepts": None})
+    logger.info("scaling: %s on %d concepts", spec.name, n)
+    hs, summary = train_or_load(run, spec_n, data, run_dir, base, progress)
+    held = scored_losses(hs, splits.heldout, spec_n.train, autocast,
+                         run_dir / f"heldout_losses_{spec.name}.csv", unsteered, spec.name)
+    del hs
+    release_memory()
+    return {
+        "method": spec.name, "n_concepts": n,
+        "train_examples": summary.get("train_examples"),
+        "steps": summary.get("steps"), "train_loss": summary.get("last_loss"),
+        "heldout_loss_mean": held["mean"], "heldout_loss_std": held["std"],
+        "heldout_concepts": held["n_concepts"],
+        "heldout_examples": held["n_examples"],
+        "unsteered_loss_mean": unsteered[spec.name]["mean"],
+        "judge_mean": np.nan, "judge_std": np.nan, "judge_concepts": 0,
+    }
+
+
+def _write_scaling_table(table: pd.DataFrame, out_dir: Path, splits: EvalSplits,
+                         data_dir: str | Path, heldout_data_dir: str | Path | None, judge: str,
+                         seed: int) -> tuple[Path, Path]:
+    """``scaling.csv`` and ``scaling.md``, whose notes say what the numbers were measured on."""
     md = table[["method", "n_concepts", "train_examples", "steps"]].copy()
     md["held-out loss @1.0"] = [mean_pm(m, s) for m, s in
                                 zip(table.heldout_loss_mean, table.heldout_loss_std)]
@@ -157,10 +164,8 @@ def run_scaling(config_path: str | Path, data_dir: str | Path, out_dir: str | Pa
         notes.append(f"Judge ({judge}): best factor per concept on `steering`, scored on "
                      "`steering_test`; 0-2 harmonic mean of concept / instruction / fluency."
                      + (" OFFLINE STAND-IN JUDGE: not an LLM." if judge == "offline" else ""))
-    paths["csv"], paths["md"] = write_table(table, out_dir, "scaling",
-                                            "HyperSteer scaling: held-out concepts", notes, md,
-                                            ["", "![scaling](scaling.png)"])
-    return ScalingResult(table, figure, paths)
+    return write_table(table, out_dir, "scaling", "HyperSteer scaling: held-out concepts", notes,
+                       md, ["", "![scaling](scaling.png)"])
 
 
 def scaling_figure(table: pd.DataFrame):

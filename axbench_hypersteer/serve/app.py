@@ -118,10 +118,17 @@ def validation_message(err: ValidationError) -> tuple[str, str]:
 
 def create_app(engine: Engine, model_id: str, api_key: str | None = None,
                limits: Limits = Limits(), examples: list[str] | None = None) -> FastAPI:
-    hs = engine.hs
     app = FastAPI(title="HyperSteer server", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+    _add_error_handlers(app)
+    _add_guard(app, api_key, limits)
+    _add_info_routes(app, engine, model_id, examples)
+    _add_chat_route(app, engine, model_id, limits)
+    return app
 
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Starlette's own refusals (404 route, 405 method) and crashes in OpenAI's error JSON too."""
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail))
@@ -130,6 +137,9 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None,
     async def unexpected(request: Request, exc: Exception):
         return error_response(500, f"internal error: {type(exc).__name__}")
 
+
+def _add_guard(app: FastAPI, api_key: str | None, limits: Limits) -> None:
+    """Key and declared size are checked before any body is read."""
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if api_key and request.url.path.startswith("/v1/"):
@@ -142,10 +152,10 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None,
             return error_response(413, f"request body over {limits.max_body_bytes} bytes")
         return await call_next(request)
 
-    def steering_echo(steering: Steering, norm: float) -> dict:
-        return {"prompt": list(steering.prompts), "factor": steering.factor if steering.prompts
-                else 0.0, "vector_norm": norm, "variant": hs.config.variant,
-                "layer": hs.config.steering_layer}
+
+def _add_info_routes(app: FastAPI, engine: Engine, model_id: str,
+                     examples: list[str] | None) -> None:
+    hs = engine.hs
 
     @app.get("/health")
     async def health():
@@ -167,21 +177,17 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None,
         page = resources.files("axbench_hypersteer.serve").joinpath("static/playground.html")
         return HTMLResponse(page.read_text(encoding="utf-8").replace("{{MODEL_ID}}", model_id))
 
+
+def _add_chat_route(app: FastAPI, engine: Engine, model_id: str, limits: Limits) -> None:
+    hs = engine.hs
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        req = await _read_chat_request(request, limits)
+        if isinstance(req, JSONResponse):
+            return req
         try:
-            raw = await read_body(request, limits.max_body_bytes)
-            # Off the event loop: a 1 MiB body takes a while to measure and parse.
-            body = await asyncio.to_thread(parse_body, raw, limits)
-        except RequestError as err:
-            return error_response(err.status, str(err))
-        try:
-            req = ChatRequest.model_validate(body)
-        except ValidationError as err:
-            message, param = validation_message(err)
-            return error_response(422, message, param)
-        try:
-            job, channel = make_job(req)
+            job, channel = _make_job(req, model_id, limits)
         except RequestError as err:
             return error_response(err.status, str(err), err.param,
                                   "model_not_found" if err.status == 404 else None)
@@ -192,7 +198,10 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None,
         first = await channel.get()
         if isinstance(first, Failed):
             return error_response(first.status, first.message)
-        echo = steering_echo(job.steering, first.vector_norm)
+        echo = {"prompt": list(job.steering.prompts),
+                "factor": job.steering.factor if job.steering.prompts else 0.0,
+                "vector_norm": first.vector_norm, "variant": hs.config.variant,
+                "layer": hs.config.steering_layer}
         meta = {"id": job.id, "created": int(time.time()), "model": model_id}
         if req.stream:
             usage = req.stream_options is not None and req.stream_options.include_usage
@@ -200,63 +209,92 @@ def create_app(engine: Engine, model_id: str, api_key: str | None = None,
                                          req.logprobs),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        parts: list[str] = []
-        logprobs: list[dict] = []
-        while True:
-            event = await channel.get()
-            if isinstance(event, Delta):
-                parts.append(event.text)
-                logprobs += event.logprobs or []
-            elif isinstance(event, Failed):
-                return error_response(event.status, event.message)
-            elif isinstance(event, Finished):
-                break
-        return {**meta, "object": "chat.completion", "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-            "logprobs": {"content": logprobs, "refusal": None} if req.logprobs else None,
-            "finish_reason": event.reason}],
-            "usage": usage_of(first.prompt_tokens, event.completion_tokens),
-            "steering": echo}
+        return await _completion(channel, req, meta, echo, first.prompt_tokens)
 
-    def make_job(req: ChatRequest) -> tuple[Job, asyncio.Queue]:
-        if req.model != model_id:
-            raise RequestError(404, f"model {req.model!r} is not served here (this server "
-                               f"serves {model_id!r})", "model")
-        max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
-        if max_tokens > limits.max_tokens:
-            raise RequestError(422, f"max_tokens: at most {limits.max_tokens} on this server",
-                               "max_tokens")
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        if sum(len(m["content"]) for m in messages) > limits.max_prompt_chars:
-            raise RequestError(413, f"messages: over {limits.max_prompt_chars} characters",
-                               "messages")
-        steering = Steering()
-        if req.steering is not None:
-            prompts = req.steering.prompts()
-            if any(len(p) > limits.max_steering_chars for p in prompts):
-                raise RequestError(413, "steering.prompt: over "
-                                   f"{limits.max_steering_chars} characters", "steering.prompt")
-            steering = Steering(prompts, req.steering.factor)
-        # As vLLM: a temperature this small is greedy (dividing logits by 1e-300 overflows).
-        temperature = req.temperature if req.temperature >= GREEDY_BELOW else 0.0
-        sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=req.top_p,
-                            seed=req.seed, stop=req.stops(), ignore_eos=req.ignore_eos,
-                            logprobs=(req.top_logprobs or 0) if req.logprobs else None)
-        loop = asyncio.get_running_loop()
-        channel: asyncio.Queue = asyncio.Queue()
-        ended = False
 
-        def sink(event) -> None:  # worker thread -> this request's event loop
-            nonlocal ended
-            if ended:
-                return
-            ended = isinstance(event, (Finished, Failed))
-            loop.call_soon_threadsafe(channel.put_nowait, event)
+async def _read_chat_request(request: Request, limits: Limits) -> ChatRequest | JSONResponse:
+    """The validated request, or the refusal to send instead (400, 413, 422)."""
+    try:
+        raw = await read_body(request, limits.max_body_bytes)
+        # Off the event loop: a 1 MiB body takes a while to measure and parse.
+        body = await asyncio.to_thread(parse_body, raw, limits)
+    except RequestError as err:
+        return error_response(err.status, str(err))
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as err:
+        message, param = validation_message(err)
+        return error_response(422, message, param)
 
-        job = Job(messages, steering, sampling, sink, id=f"chatcmpl-{uuid.uuid4().hex[:24]}")
-        return job, channel
 
-    return app
+async def _completion(channel: asyncio.Queue, req: ChatRequest, meta: dict, echo: dict,
+                      prompt_tokens: int) -> dict | JSONResponse:
+    """A non-streamed answer: the job's deltas gathered until it finishes (or fails)."""
+    parts: list[str] = []
+    logprobs: list[dict] = []
+    while True:
+        event = await channel.get()
+        if isinstance(event, Delta):
+            parts.append(event.text)
+            logprobs += event.logprobs or []
+        elif isinstance(event, Failed):
+            return error_response(event.status, event.message)
+        elif isinstance(event, Finished):
+            break
+    return {**meta, "object": "chat.completion", "choices": [{
+        "index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+        "logprobs": {"content": logprobs, "refusal": None} if req.logprobs else None,
+        "finish_reason": event.reason}],
+        "usage": usage_of(prompt_tokens, event.completion_tokens),
+        "steering": echo}
+
+
+def _make_job(req: ChatRequest, model_id: str, limits: Limits) -> tuple[Job, asyncio.Queue]:
+    """The engine's job for ``req`` and the queue its events arrive on, or ``RequestError`` for
+    what the schema cannot check (model, this server's limits)."""
+    if req.model != model_id:
+        raise RequestError(404, f"model {req.model!r} is not served here (this server "
+                           f"serves {model_id!r})", "model")
+    max_tokens = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
+    if max_tokens > limits.max_tokens:
+        raise RequestError(422, f"max_tokens: at most {limits.max_tokens} on this server",
+                           "max_tokens")
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    if sum(len(m["content"]) for m in messages) > limits.max_prompt_chars:
+        raise RequestError(413, f"messages: over {limits.max_prompt_chars} characters",
+                           "messages")
+    steering = Steering()
+    if req.steering is not None:
+        prompts = req.steering.prompts()
+        if any(len(p) > limits.max_steering_chars for p in prompts):
+            raise RequestError(413, "steering.prompt: over "
+                               f"{limits.max_steering_chars} characters", "steering.prompt")
+        steering = Steering(prompts, req.steering.factor)
+    # As vLLM: a temperature this small is greedy (dividing logits by 1e-300 overflows).
+    temperature = req.temperature if req.temperature >= GREEDY_BELOW else 0.0
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=req.top_p,
+                        seed=req.seed, stop=req.stops(), ignore_eos=req.ignore_eos,
+                        logprobs=(req.top_logprobs or 0) if req.logprobs else None)
+    return _job_with_channel(messages, steering, sampling)
+
+
+def _job_with_channel(messages: list[dict], steering: Steering,
+                      sampling: Sampling) -> tuple[Job, asyncio.Queue]:
+    """The engine calls the sink from its worker thread; events must reach the request's event
+    loop, and nothing after the job's last event (a cancelled job may still emit one)."""
+    loop = asyncio.get_running_loop()
+    channel: asyncio.Queue = asyncio.Queue()
+    ended = False
+
+    def sink(event) -> None:  # worker thread -> this request's event loop
+        nonlocal ended
+        if ended:
+            return
+        ended = isinstance(event, (Finished, Failed))
+        loop.call_soon_threadsafe(channel.put_nowait, event)
+
+    job = Job(messages, steering, sampling, sink, id=f"chatcmpl-{uuid.uuid4().hex[:24]}")
+    return job, channel
 
 
 def usage_of(prompt_tokens: int, completion_tokens: int) -> dict:

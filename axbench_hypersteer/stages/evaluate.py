@@ -14,10 +14,11 @@ answer is cached, so a killed or aborted run costs no judge call twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, AsyncIterator, Protocol, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -223,38 +224,14 @@ async def evaluate(
     out_dir = dump_dir / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl_path, parquet_path = out_dir / f"{mode}.jsonl", out_dir / f"{mode}_data.parquet"
-
-    records, dirty = load_records(jsonl_path)
-    groups = {int(c): g for c, g in rows.groupby("concept_id", sort=True)}
-    todo = [c for c in groups if not _is_done(records.get(c), methods, len(groups[c]))]
+    records, groups, todo = _resume(jsonl_path, rows, methods)
     previous = {c: records[c] for c in todo if c in records}
-    if dirty:
-        rewrite_records(jsonl_path, records)  # cut a torn line before appending after it
 
-    owned = judge is None
-    if judge is None:
-        cache = JudgeCache(cache_path or out_dir / "judge_cache.jsonl")
-        judge = LLMJudge(judge_config or JudgeConfig(), cache)
-    before = JudgeStats(**judge.stats.as_dict())
-    window = asyncio.Semaphore(CONCEPT_WINDOW)
-    bar = tqdm(total=len(todo), desc=f"evaluate {mode}", unit="concept", disable=not progress)
-
-    async def run_one(concept_id: int) -> None:
-        async with window:
-            record = await _judge_concept(
-                judge, rubric_used, groups[concept_id], methods, previous.get(concept_id)
-            )
-        append_record(jsonl_path, record)
-        records[concept_id] = record
-        bar.update(1)
-        bar.set_postfix(calls=judge.stats.calls, failed=judge.stats.failures)
-
-    try:
-        outcomes = await asyncio.gather(*(run_one(c) for c in todo), return_exceptions=True)
-    finally:
-        bar.close()
-        if owned and isinstance(judge, LLMJudge):
-            await judge.aclose()
+    async with _judge_for(judge, judge_config, cache_path or out_dir / "judge_cache.jsonl"
+                          ) as judge:
+        before = JudgeStats(**judge.stats.as_dict())
+        outcomes = await _judge_concepts(judge, rubric_used, groups, todo, methods, previous,
+                                         records, jsonl_path, f"evaluate {mode}", progress)
     if previous:
         rewrite_records(jsonl_path, records)  # one line per concept again (the newest wins)
     write_data_parquet(parquet_path, rows, records, methods)
@@ -268,13 +245,73 @@ async def evaluate(
         retries=stats.retries, failed_judgements=stats.failures,
         jsonl_path=str(jsonl_path), parquet_path=str(parquet_path), rubric=rubric_used.name,
     )
+    _report(summary, outcomes, progress)
+    return summary
+
+
+def _report(summary: EvaluateSummary, outcomes: list[BaseException | None],
+            progress: bool) -> None:
+    """The summary is shown even when a concept failed, since the finished ones were saved;
+    then the first failure is raised."""
     logger.info("%s", summary.format())
     if progress:
         print(summary.format())
     errors = [o for o in outcomes if isinstance(o, BaseException)]
     if errors:
         raise errors[0]
-    return summary
+
+
+@contextlib.asynccontextmanager
+async def _judge_for(judge: SupportsJudge | None, judge_config: JudgeConfig | None,
+                     cache_path: str | Path) -> AsyncIterator[SupportsJudge]:
+    """``judge`` as given (the caller's to close), or an :class:`LLMJudge` closed on exit."""
+    if judge is not None:
+        yield judge
+        return
+    own = LLMJudge(judge_config or JudgeConfig(), JudgeCache(cache_path))
+    try:
+        yield own
+    finally:
+        await own.aclose()
+
+
+def _resume(jsonl_path: Path, rows: pd.DataFrame, methods: Sequence[str]
+            ) -> tuple[dict[int, dict], dict[int, pd.DataFrame], list[int]]:
+    """(records already written, rows per concept, concepts still to judge): a re-run judges
+    only what a killed or failed run left unfinished."""
+    records, dirty = load_records(jsonl_path)
+    groups = {int(c): g for c, g in rows.groupby("concept_id", sort=True)}
+    todo = [c for c in groups if not _is_done(records.get(c), methods, len(groups[c]))]
+    if dirty:
+        rewrite_records(jsonl_path, records)  # cut a torn line before appending after it
+    return records, groups, todo
+
+
+async def _judge_concepts(judge: SupportsJudge, rubric: Rubric,
+                          groups: dict[int, pd.DataFrame], todo: list[int],
+                          methods: Sequence[str], previous: dict[int, dict],
+                          records: dict[int, dict], jsonl_path: Path, desc: str,
+                          progress: bool) -> list[BaseException | None]:
+    """Judge ``todo``, a few concepts at a time, appending each concept's record as soon as it is
+    done so that a kill loses at most the concepts in flight. Returns each concept's outcome
+    (``None`` or the exception that stopped it) rather than raising, so finished ones are kept."""
+    window = asyncio.Semaphore(CONCEPT_WINDOW)
+    bar = tqdm(total=len(todo), desc=desc, unit="concept", disable=not progress)
+
+    async def run_one(concept_id: int) -> None:
+        async with window:
+            record = await _judge_concept(
+                judge, rubric, groups[concept_id], methods, previous.get(concept_id)
+            )
+        append_record(jsonl_path, record)
+        records[concept_id] = record
+        bar.update(1)
+        bar.set_postfix(calls=judge.stats.calls, failed=judge.stats.failures)
+
+    try:
+        return await asyncio.gather(*(run_one(c) for c in todo), return_exceptions=True)
+    finally:
+        bar.close()
 
 
 def run_evaluate(*args: Any, **kwargs: Any) -> EvaluateSummary:

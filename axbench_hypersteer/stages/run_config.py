@@ -143,6 +143,17 @@ def load_run_config(path: str | Path) -> RunConfig:
     """Parse and validate an AxBench-format YAML. Errors name the file and the key."""
     path = Path(path)
     raw = read_yaml_mapping(path)
+    train, models = _train_section(path, raw)
+    run = RunConfig(path=str(path), model_name=str(train["model_name"]), layer=train["layer"],
+                    component=train.get("component", "res"), seed=train.get("seed", 42),
+                    use_bf16=bool(train.get("use_bf16", False)), raw=raw)
+    _add_methods(run, path, train, models)
+    _add_inference_and_judge(run, path, raw)
+    return run
+
+
+def _train_section(path: Path, raw: dict) -> tuple[dict, dict]:
+    """(``train``, its ``models`` as a mapping), refused before anything is built from them."""
     train = raw.get("train")
     if not isinstance(train, dict):
         raise ConfigError(f"{path}: missing 'train' section")
@@ -155,16 +166,17 @@ def load_run_config(path: str | Path) -> RunConfig:
     layer = train["layer"]
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise ConfigError(f"{path}: train.layer must be an integer, got {layer!r}")
-    seed = train.get("seed", 42)
     models = train.get("models") or {}
     if isinstance(models, list):
         models = {m: {} for m in models}
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"{path}: train.models must list at least one method")
+    return train, models
 
-    run = RunConfig(path=str(path), model_name=str(train["model_name"]), layer=layer,
-                    component=train.get("component", "res"), seed=seed,
-                    use_bf16=bool(train.get("use_bf16", False)), raw=raw)
+
+def _add_methods(run: RunConfig, path: Path, train: dict, models: dict) -> None:
+    """HyperSteer entries become method specs; AxBench's other methods are only named, so that
+    one config can drive both tools."""
     for name, entry in models.items():
         where = f"{path}: train.models.{name}"
         if not is_hypersteer_method(name):
@@ -177,8 +189,12 @@ def load_run_config(path: str | Path) -> RunConfig:
         for key in ("max_concepts", "max_num_of_examples"):  # section-level AxBench keys
             if train.get(key) is not None:
                 entry.setdefault(key, train[key])
-        run.methods[canonical] = _split_method_keys(canonical, entry, layer, seed, where)
+        run.methods[canonical] = _split_method_keys(canonical, entry, run.layer, run.seed, where)
 
+
+def _add_inference_and_judge(run: RunConfig, path: Path, raw: dict) -> None:
+    """Inference and judge settings come from AxBench's sections, with this package's own
+    ``hypersteer`` section taking the keys AxBench has no place for."""
     inference = dict(raw.get("inference") or {})
     plugin = dict(raw.get("hypersteer") or {})
     evaluate = dict(raw.get("evaluate") or {})
@@ -202,4 +218,3 @@ def load_run_config(path: str | Path) -> RunConfig:
         if is_hypersteer_method(name) and canonical_method(name) not in run.methods:
             raise ConfigError(f"{path}: inference.models lists {name!r} but train.models does "
                               "not (AxBench looks every inference method up in train.models)")
-    return run

@@ -27,7 +27,7 @@ from .data import (NEGATIVE_ID, generate_dir, load_metadata, normalise_concept, 
                    train_parquet_files, write_parquet_like)
 
 __all__ = ["DataError", "SplitSummary", "load_eval_concepts", "main", "make_split",
-           "normalise_concept"]
+           "normalise_concept", "overlapping_concepts", "positive_mask"]
 
 SPLIT_MODES = ("heldin", "heldout")  # which concepts train (common.MODES: prompt splits)
 SPLIT_COLUMNS = ("output_concept", "category", "concept_id")
@@ -117,6 +117,18 @@ def _clear_stale_shards(out_gen: Path, keep: set[str]) -> None:
             path.unlink()
 
 
+def positive_mask(frame: pd.DataFrame) -> pd.Series:
+    """Positives as load_train_frame counts them; the shared negative pool (id -1) is not one."""
+    return (frame["concept_id"] != NEGATIVE_ID) & (frame["category"] == "positive")
+
+
+def overlapping_concepts(metadata: list[dict], eval_keys: set[str]) -> list[dict]:
+    """``[{concept_id, concept}]`` of the metadata concepts whose normalised text is an
+    evaluation concept's: ids are only meaningful within one metadata file, texts are not."""
+    return [{"concept_id": e["concept_id"], "concept": e["concept"]} for e in metadata
+            if normalise_concept(e["concept"]) in eval_keys]
+
+
 def make_split(data_dir: str | Path, eval_concepts: str | Path | Sequence[int | str],
                mode: str, out_dir: str | Path) -> SplitSummary:
     """Write ``out_dir/generate/{train_data*.parquet, metadata.jsonl, split.json}``.
@@ -131,18 +143,25 @@ def make_split(data_dir: str | Path, eval_concepts: str | Path | Sequence[int | 
     out_gen = Path(out_dir) / "generate"
     if out_gen.resolve() == gen_dir.resolve():
         raise DataError(f"{out_gen}: out_dir must differ from data_dir (it would overwrite it)")
-    meta_path = gen_dir / "metadata.jsonl"
-    metadata = load_metadata(meta_path)
+    metadata = load_metadata(gen_dir / "metadata.jsonl")
     evals = load_eval_concepts(eval_concepts, metadata)
-    eval_keys = {normalise_concept(c) for c in evals}
+    frames = {p: read_parquet(p, SPLIT_COLUMNS) for p in train_parquet_files(gen_dir)}
+    summary, drop = _plan_split(mode, gen_dir, out_gen, metadata, evals, frames)
+    _write_split(out_gen, mode, frames, drop, metadata, summary)
+    return summary
 
-    files = train_parquet_files(gen_dir)
-    frames = {p: read_parquet(p, SPLIT_COLUMNS) for p in files}
-    # Positives as load_train_frame counts them; the shared negative pool (id -1) is never dropped.
-    tied = {p: f["concept_id"] != NEGATIVE_ID for p, f in frames.items()}
-    positive = {p: tied[p] & (f["category"] == "positive") for p, f in frames.items()}
-    train_ids = sorted(set().union(*(set(f["concept_id"][positive[p]])
-                                     for p, f in frames.items())))
+
+def _concept_ids(frames: dict[Path, pd.DataFrame], masks: dict[Path, pd.Series]) -> list:
+    return sorted(set().union(*(set(f["concept_id"][masks[p]]) for p, f in frames.items())))
+
+
+def _plan_split(mode: str, gen_dir: Path, out_gen: Path, metadata: list[dict],
+                evals: list[str], frames: dict[Path, pd.DataFrame]
+                ) -> tuple[SplitSummary, dict[Path, pd.Series]]:
+    """What the split removes (the summary, and the rows to drop per shard), refused before
+    anything is written if it would leave nothing to train on."""
+    positive = {p: positive_mask(f) for p, f in frames.items()}
+    train_ids = _concept_ids(frames, positive)
     train_texts = {normalise_concept(e["concept"]) for e in metadata
                    if e["concept_id"] in train_ids}
     train_texts |= {normalise_concept(t) for p, f in frames.items()
@@ -155,18 +174,18 @@ def make_split(data_dir: str | Path, eval_concepts: str | Path | Sequence[int | 
     removed: list[dict] = []
     drop = {p: pd.Series(False, index=f.index) for p, f in frames.items()}
     if mode == "heldout":
-        removed = [{"concept_id": e["concept_id"], "concept": e["concept"]} for e in metadata
-                   if normalise_concept(e["concept"]) in eval_keys]
+        eval_keys = {normalise_concept(c) for c in evals}
+        removed = overlapping_concepts(metadata, eval_keys)
         removed_ids = {e["concept_id"] for e in removed}
-        drop = {p: tied[p] & (f["output_concept"].map(normalise_concept).isin(eval_keys)
-                              | f["concept_id"].isin(removed_ids))
+        # Negative-category rows of a removed concept go too; the shared pool (id -1) stays.
+        drop = {p: (f["concept_id"] != NEGATIVE_ID)
+                & (f["output_concept"].map(normalise_concept).isin(eval_keys)
+                   | f["concept_id"].isin(removed_ids))
                 for p, f in frames.items()}
-    remaining = sorted(set().union(*(set(f["concept_id"][positive[p] & ~drop[p]])
-                                     for p, f in frames.items())))
+    remaining = _concept_ids(frames, {p: positive[p] & ~drop[p] for p in frames})
     if not remaining:
         raise DataError(f"{gen_dir}: a held-out split against these evaluation concepts removes "
                         f"all {len(train_ids)} training concepts; nothing would be left to train on")
-
     summary = SplitSummary(
         mode=mode, data_dir=str(gen_dir), out_dir=str(out_gen), removed=removed,
         training_concepts_before=len(train_ids), training_concepts_after=len(remaining),
@@ -174,21 +193,26 @@ def make_split(data_dir: str | Path, eval_concepts: str | Path | Sequence[int | 
         rows_after=sum(int((~drop[p]).sum()) for p in frames),
         eval_concepts=len(evals), eval_matched=len(matched),
         eval_not_found=[c for c in evals if normalise_concept(c) not in train_texts])
+    return summary, drop
 
+
+def _write_split(out_gen: Path, mode: str, frames: dict[Path, pd.DataFrame],
+                 drop: dict[Path, pd.Series], metadata: list[dict],
+                 summary: SplitSummary) -> None:
+    """A held-in split copies the shards byte for byte, so it is the source data exactly."""
     out_gen.mkdir(parents=True, exist_ok=True)
-    _clear_stale_shards(out_gen, {p.name for p in files})
+    _clear_stale_shards(out_gen, {p.name for p in frames})
     for path, frame in frames.items():
         target = out_gen / path.name
         if mode == "heldin":
             atomic_write(target, lambda tmp, src=path: shutil.copyfile(src, tmp))
         else:
             write_parquet_like(target, frame[~drop[path]], pq.read_schema(path))
-    removed_ids = {e["concept_id"] for e in removed}
+    removed_ids = {e["concept_id"] for e in summary.removed}
     kept_meta = [e for e in metadata if e["concept_id"] not in removed_ids]
     atomic_write_text(out_gen / "metadata.jsonl",
                       "".join(json.dumps(e) + "\n" for e in kept_meta))
     atomic_write_json(out_gen / "split.json", summary.to_dict())
-    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:

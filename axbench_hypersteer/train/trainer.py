@@ -289,6 +289,43 @@ class Trainer:
     def train(self, resume: bool = False) -> TrainResult:
         cfg, accum = self.cfg, self.cfg.gradient_accumulation_steps
         result = TrainResult(steps=0)
+        self._start(result, resume)
+        self.model.hypernet.train()
+        bar = tqdm(total=self.total_updates, initial=self.step, desc="hypersteer train",
+                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        seen, start_time = 0, time.perf_counter()
+        while self.epoch < cfg.n_epochs and self.step < self.total_updates:
+            batches = self.epoch_batches(self.epoch)
+            b = self.next_batch
+            while b < len(batches) and self.step < self.total_updates:
+                group = batches[b:b + accum]
+                loss_sum, parts_sum = self._accumulate(group)
+                seen += sum(len(idx) for idx in group)
+                grad_norm = self.strategy.clip_grad_norm(cfg.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                b += len(group)
+                self.step += 1
+                self.next_batch = b
+                reported, parts_sum = self._reduce_losses(loss_sum, parts_sum)
+                result.losses.append(reported)
+                lr = float(self.scheduler.get_last_lr()[0])  # a tensor in torchao's optimizers
+                bar.update(1)
+                bar.set_postfix(loss=f"{reported:.4f}", lr=f"{lr:.2e}")
+                if self.step % cfg.log_every == 0:
+                    self._log({"step": self.step, "epoch": self.epoch, "loss": reported,
+                               "lr": lr, "grad_norm": float(grad_norm), **parts_sum})
+                self._after_update(result, len(batches))
+            if self.next_batch >= len(batches):
+                self.epoch, self.next_batch = self.epoch + 1, 0
+        bar.close()
+        result.steps = self.step
+        result.examples_per_s = seen / max(time.perf_counter() - start_time, 1e-9)
+        return result
+
+    def _start(self, result: TrainResult, resume: bool) -> None:
+        """Resume from the newest checkpoint, or clear what an earlier run left in ``out_dir``."""
         if resume:
             result.resumed_from = self._restore()
             if result.resumed_from:
@@ -302,65 +339,48 @@ class Trainer:
             shutil.rmtree(self.out_dir / "checkpoints")
         if not result.resumed_from and self.dist.is_main:  # a fresh run starts a fresh log
             (self.out_dir / "train_log.jsonl").unlink(missing_ok=True)
-        self.model.hypernet.train()
-        bar = tqdm(total=self.total_updates, initial=self.step, desc="hypersteer train",
-                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
-        seen, start_time = 0, time.perf_counter()
-        while self.epoch < cfg.n_epochs and self.step < self.total_updates:
-            batches = self.epoch_batches(self.epoch)
-            b = self.next_batch
-            while b < len(batches) and self.step < self.total_updates:
-                group = batches[b:b + accum]
-                parts_sum: dict[str, float] = {}
-                loss_sum = 0.0
-                for i, idx in enumerate(group):
-                    batch = self._to_device(self.collate([self.train_set[j] for j in idx]))
-                    sync = i == len(group) - 1 or not self.dist.enabled
-                    ctx = self.strategy.no_sync() if not sync else contextlib.nullcontext()
-                    cache = (self.prefix_cache.serving(idx, batch) if self.prefix_cache
-                             else contextlib.nullcontext())
-                    with ctx:
-                        with cache:
-                            loss, parts = self._loss(batch)
-                        (loss / len(group)).backward()
-                    loss_sum += loss.item() / len(group)
-                    for k, v in parts.items():
-                        parts_sum[k] = parts_sum.get(k, 0.0) + v / len(group)
-                    seen += len(idx)
-                grad_norm = self.strategy.clip_grad_norm(cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                b += len(group)
-                self.step += 1
-                self.next_batch = b
-                # Mean over ranks of the loss and of its parts, in one collective (a device
-                # tensor: NCCL reduces nothing else).
-                names = sorted(parts_sum)
-                values = all_reduce_mean(torch.tensor([loss_sum] + [parts_sum[k] for k in names],
-                                                      device=self.dist.device), self.dist).tolist()
-                reported, parts_sum = values[0], dict(zip(names, values[1:]))
-                result.losses.append(reported)
-                lr = float(self.scheduler.get_last_lr()[0])  # a tensor in torchao's optimizers
-                bar.update(1)
-                bar.set_postfix(loss=f"{reported:.4f}", lr=f"{lr:.2e}")
-                if self.step % cfg.log_every == 0:
-                    self._log({"step": self.step, "epoch": self.epoch, "loss": reported,
-                               "lr": lr, "grad_norm": float(grad_norm), **parts_sum})
-                if self.dev_sets and (self.step % cfg.eval_every == 0
-                                      or self.step == self.total_updates):
-                    dev = self.evaluate()
-                    result.dev_losses.append(dev.get("dev_loss", float("nan")))
-                    self._log({"step": self.step, **dev})
-                if self.next_batch >= len(batches):
-                    self.epoch, self.next_batch = self.epoch + 1, 0
-                if self.step % cfg.checkpoint_every == 0:
-                    self.strategy.save_checkpoint(self.out_dir / "checkpoints", self.step,
-                                                  self._state())
-            if self.next_batch >= len(batches):
-                self.epoch, self.next_batch = self.epoch + 1, 0
-        bar.close()
-        result.steps = self.step
-        result.examples_per_s = seen / max(time.perf_counter() - start_time, 1e-9)
-        return result
+
+    def _accumulate(self, group: list) -> tuple[float, dict[str, float]]:
+        """Backward over one update's micro-batches; gradients are synchronised across ranks on
+        the last one only. Returns this rank's mean loss and loss parts."""
+        parts_sum: dict[str, float] = {}
+        loss_sum = 0.0
+        for i, idx in enumerate(group):
+            batch = self._to_device(self.collate([self.train_set[j] for j in idx]))
+            sync = i == len(group) - 1 or not self.dist.enabled
+            ctx = self.strategy.no_sync() if not sync else contextlib.nullcontext()
+            cache = (self.prefix_cache.serving(idx, batch) if self.prefix_cache
+                     else contextlib.nullcontext())
+            with ctx:
+                with cache:
+                    loss, parts = self._loss(batch)
+                (loss / len(group)).backward()
+            loss_sum += loss.item() / len(group)
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / len(group)
+        return loss_sum, parts_sum
+
+    def _reduce_losses(self, loss_sum: float,
+                       parts_sum: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """Mean over ranks of the loss and of its parts, in one collective (a device tensor:
+        NCCL reduces nothing else)."""
+        names = sorted(parts_sum)
+        values = all_reduce_mean(torch.tensor([loss_sum] + [parts_sum[k] for k in names],
+                                              device=self.dist.device), self.dist).tolist()
+        return values[0], dict(zip(names, values[1:]))
+
+    def _after_update(self, result: TrainResult, n_batches: int) -> None:
+        """Dev evaluation and checkpoint when their step comes; the epoch is closed first so
+        that the checkpoint records where the next update starts."""
+        cfg = self.cfg
+        if self.dev_sets and (self.step % cfg.eval_every == 0
+                              or self.step == self.total_updates):
+            dev = self.evaluate()
+            result.dev_losses.append(dev.get("dev_loss", float("nan")))
+            self._log({"step": self.step, **dev})
+        if self.next_batch >= n_batches:
+            self.epoch, self.next_batch = self.epoch + 1, 0
+        if self.step % cfg.checkpoint_every == 0:
+            self.strategy.save_checkpoint(self.out_dir / "checkpoints", self.step,
+                                          self._state())
 
