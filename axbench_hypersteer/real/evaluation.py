@@ -17,6 +17,7 @@ own rows (an oracle the hypernetwork does not get), which the report says.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,44 @@ def generation_rows(cfg: RealConfig, data: RealData, tokenizer) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+class _Generator:
+    """Greedy generations for the rows of :func:`generation_rows`, one list of texts per method,
+    in row order."""
+
+    def __init__(self, steerer: Steerer, tokenizer, rows: pd.DataFrame, max_new_tokens: int):
+        self.steerer, self.tokenizer, self.rows = steerer, tokenizer, rows
+        self.gen = dict(batch_size=16, max_new_tokens=max_new_tokens)
+        self.plain: list[str] | None = None  # the unsteered texts, once made
+
+    def once_per_prompt(self, texts_for) -> list[str]:
+        """Generate once per (concept, prompt) and repeat the text on every factor row: methods
+        without a vector do not depend on the factor."""
+        rows = self.rows
+        firsts = rows.drop_duplicates(["concept_id", "input_id"])
+        texts = generate(self.steerer, self.tokenizer, texts_for(firsts), **self.gen)
+        lookup = dict(zip(zip(firsts["concept_id"], firsts["input_id"]), texts))
+        return [lookup[k] for k in zip(rows["concept_id"], rows["input_id"])]
+
+    def unsteered(self) -> list[str]:
+        return self.once_per_prompt(lambda firsts: firsts["original_prompt"].tolist())
+
+    def prompting(self) -> list[str]:
+        return self.once_per_prompt(lambda firsts: [
+            prompted(p, c) for p, c in zip(firsts["original_prompt"], firsts["input_concept"])])
+
+    def with_vectors(self, vectors: torch.Tensor) -> list[str]:
+        """``vectors`` [rows, d] at each row's factor; factor-0 rows are the unsteered text
+        (factor 0 adds exactly nothing)."""
+        texts = list(self.plain)
+        idx = np.flatnonzero((self.rows["factor"] > 0).to_numpy())
+        prompts = self.rows["original_prompt"].tolist()
+        made = generate(self.steerer, self.tokenizer, [prompts[i] for i in idx], vectors[idx],
+                        self.rows["factor"].to_numpy()[idx].tolist(), **self.gen)
+        for i, text in zip(idx, made):
+            texts[i] = text
+        return texts
+
+
 def run_generations(cfg: RealConfig, data: RealData, base, layer: int, dump_dir: Path,
                     progress: bool = True) -> Path:
     """Every method's generations in ``inference/steering_data.parquet``; each finished method
@@ -153,14 +192,10 @@ def run_generations(cfg: RealConfig, data: RealData, base, layer: int, dump_dir:
     if out.exists():
         return out
     model, tokenizer = base
-    steerer = Steerer(model, layer, backend="hook")
     rows = generation_rows(cfg, data, tokenizer)
     record_split(dump_dir, PromptSplit(cfg.eval_prompts, 0.5))
     parts = dump_dir / "inference" / "parts" / "real"
-    prompts = rows["original_prompt"].tolist()
-    concepts = rows["input_concept"].tolist()
-    steered = rows["factor"] > 0
-    gen = dict(batch_size=16, max_new_tokens=cfg.max_new_tokens)
+    gen = _Generator(Steerer(model, layer, backend="hook"), tokenizer, rows, cfg.max_new_tokens)
 
     def cached(name, make):
         path = parts / f"{name}.json"
@@ -168,46 +203,22 @@ def run_generations(cfg: RealConfig, data: RealData, base, layer: int, dump_dir:
             atomic_write_text(path, json.dumps(make()))
         return json.loads(path.read_text())
 
-    def once_per_prompt(texts_for):
-        """Generate once per (concept, prompt) and repeat the text on every factor row:
-        methods without a vector do not depend on the factor."""
-        firsts = rows.drop_duplicates(["concept_id", "input_id"])
-        texts = generate(steerer, tokenizer, texts_for(firsts), **gen)
-        lookup = dict(zip(zip(firsts["concept_id"], firsts["input_id"]), texts))
-        return [lookup[k] for k in zip(rows["concept_id"], rows["input_id"])]
-
-    def unsteered_texts():
-        return once_per_prompt(lambda firsts: firsts["original_prompt"].tolist())
-
-    plain = cached(UNSTEERED, unsteered_texts)
-
-    def with_vectors(vectors):
-        """Factor 0 rows are the unsteered text (factor 0 adds exactly nothing)."""
-        texts = list(plain)
-        idx = np.flatnonzero(steered.to_numpy())
-        made = generate(steerer, tokenizer, [prompts[i] for i in idx], vectors[idx],
-                        rows["factor"].to_numpy()[idx].tolist(), **gen)
-        for i, text in zip(idx, made):
-            texts[i] = text
-        return texts
-
-    def prompting_texts():
-        return once_per_prompt(lambda firsts: [
-            prompted(p, c) for p, c in zip(firsts["original_prompt"], firsts["input_concept"])])
+    gen.plain = cached(UNSTEERED, gen.unsteered)
 
     def diffmean_texts():
         table = diffmean_table(cfg, data, base, layer, dump_dir)
         scale = diffmean_scale(dump_dir)
-        return with_vectors(torch.stack([table[c] * scale[c] for c in rows["concept_id"]]))
+        return gen.with_vectors(torch.stack([table[c] * scale[c] for c in rows["concept_id"]]))
 
-    columns = {PROMPTING: prompting_texts, DIFFMEAN: diffmean_texts}
-    for variant in cfg.variants:
-        method = VARIANT_METHODS[variant]
+    def hypersteer_texts(method):
+        hs = load_method(dump_dir, method, base)
+        return gen.with_vectors(hypersteer_vectors(hs, rows["input_concept"].tolist(),
+                                                   rows["original_prompt"].tolist(),
+                                                   cfg.batch_size))
 
-        def texts(method=method):
-            hs = load_method(dump_dir, method, base)
-            return with_vectors(hypersteer_vectors(hs, concepts, prompts, cfg.batch_size))
-        columns[method] = texts
+    columns = {PROMPTING: gen.prompting, DIFFMEAN: diffmean_texts}
+    columns.update({VARIANT_METHODS[v]: partial(hypersteer_texts, VARIANT_METHODS[v])
+                    for v in cfg.variants})
     for method, make in tqdm(columns.items(), desc="generation", unit="method",
                              disable=not progress):
         rows[f"{method}_steered_generation"] = cached(method, make)
