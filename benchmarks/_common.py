@@ -217,3 +217,33 @@ def start(args) -> None:
     torch.set_num_threads(args.threads)
     if args.wait_load > 0:
         wait_for_quiet(args.wait_load, args.max_wait)
+
+
+def timed_training(hs, frame, options: dict, batch: int, epochs: int, seed: int, cuda: bool,
+                   prepare: Callable[[object], None] | None = None) -> dict:
+    """One training run of ``hs`` on ``frame`` at lr 8e-5, timed from the trainer's construction
+    (the length pass that bucketing and the prefix cache need is part of what they cost), in a
+    scratch checkpoint directory. ``prepare(trainer)`` runs before training, inside the clock.
+    Returns wall and CPU seconds, the run's result, real (non-pad) tokens, pad fraction and the
+    prefix-cache mode the trainer resolved."""
+    import tempfile
+
+    from axbench_hypersteer.model.config import TrainConfig
+    from axbench_hypersteer.train.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start, cpu = time.perf_counter(), time.process_time()
+        trainer = Trainer(hs, frame, TrainConfig(
+            batch_size=batch, n_epochs=epochs, lr=8e-5, dev_examples=0, eval_every=10**6,
+            checkpoint_every=10**6, log_every=10**6, seed=seed, **options), tmp,
+            progress=False, use_bf16=cuda)
+        if prepare is not None:
+            prepare(trainer)
+        result = trainer.train()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        lengths = trainer.collate.lengths(trainer.train_set.rows)[1]
+        return {"seconds": seconds, "cpu_seconds": cpu, "result": result,
+                "real_tokens": epochs * sum(lengths), "pad": trainer.pad_fraction(),
+                "cache": trainer.prefix_cache_mode}

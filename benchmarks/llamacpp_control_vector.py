@@ -182,14 +182,8 @@ def main() -> None:
     for off in (-1, 1):
         if 1 <= layer + off < n_layers:
             path = work / f"control_{layer + off}.gguf"
-            writer = gguf.GGUFWriter(str(path), "controlvector")
-            writer.add_string("controlvector.model_hint", hs.base_model.config.model_type)
-            writer.add_uint32("controlvector.layer_count", 1)
-            writer.add_tensor(f"direction.{layer + off}", vector.numpy())
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-            writer.close()
+            vectors_cli.write_gguf(path, vector[None], {
+                "layer": str(layer + off), "model_type": hs.base_model.config.model_type})
             controls[layer + off] = str(path)
 
     ids, mask = encode_left(hs.tokenizer, hs.format_prompts([args.base_prompt]), "cpu")

@@ -85,9 +85,8 @@ def peak_rss_mb() -> float:
 def run_ours(side: str, args) -> dict:
     import pandas as pd
 
-    from axbench_hypersteer.model.config import HyperSteerConfig, TrainConfig
+    from axbench_hypersteer.model.config import HyperSteerConfig
     from axbench_hypersteer.model.hypersteer import HyperSteer
-    from axbench_hypersteer.train.trainer import Trainer
     from axbench_hypersteer.testing.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
@@ -104,27 +103,17 @@ def run_ours(side: str, args) -> dict:
     cuda = args.device == "cuda"
     options = dict(SIDES[side])
     foreach = options.pop("_foreach", False)
-    with tempfile.TemporaryDirectory() as tmp:
-        # Timed from the trainer's construction: the length pass that bucketing and the cache
-        # need is part of what the defaults cost (the official side's data preparation is too).
-        start, cpu = time.perf_counter(), time.process_time()
-        trainer = Trainer(hs, frame, TrainConfig(
-            batch_size=args.batch, n_epochs=args.epochs, lr=8e-5, dev_examples=0,
-            eval_every=10**6, checkpoint_every=10**6, log_every=10**6, seed=SETUP["seed"],
-            **options), tmp, progress=False, use_bf16=cuda)
-        if foreach:
-            for group in trainer.optimizer.param_groups:
-                group["foreach"] = True
-        result = trainer.train()
-        if cuda:
-            torch.cuda.synchronize()
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        lengths = trainer.collate.lengths(trainer.train_set.rows)[1]
-        pad = trainer.pad_fraction()
-    return {"seconds": seconds, "cpu_seconds": cpu, "steps": result.steps,
-            "real_tokens": args.epochs * sum(lengths), "pad_fraction": pad,
-            "peak_rss_mb": peak_rss_mb(), "last_loss": result.last_loss,
-            "prefix_cache": trainer.prefix_cache_mode,
+
+    def use_foreach(trainer) -> None:
+        for group in trainer.optimizer.param_groups:
+            group["foreach"] = True
+
+    run = C.timed_training(hs, frame, options, args.batch, args.epochs, SETUP["seed"], cuda,
+                           prepare=use_foreach if foreach else None)
+    return {"seconds": run["seconds"], "cpu_seconds": run["cpu_seconds"],
+            "steps": run["result"].steps, "real_tokens": run["real_tokens"],
+            "pad_fraction": run["pad"], "peak_rss_mb": peak_rss_mb(),
+            "last_loss": run["result"].last_loss, "prefix_cache": run["cache"],
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0}
 
 

@@ -26,8 +26,6 @@ import random
 import resource
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -71,9 +69,8 @@ def _base(random_weights: bool, device: str):
 def run_side(side: str, args) -> dict:
     import pandas as pd
 
-    from axbench_hypersteer.model.config import HyperSteerConfig, TrainConfig
+    from axbench_hypersteer.model.config import HyperSteerConfig
     from axbench_hypersteer.model.hypersteer import HyperSteer
-    from axbench_hypersteer.train.trainer import Trainer
 
     model, tok, what = _base(args.random, args.device)
     for p in model.parameters():
@@ -85,21 +82,12 @@ def run_side(side: str, args) -> dict:
     random.Random(42).shuffle(rows)
     frame = pd.DataFrame(rows[:args.rows])
     cuda = args.device == "cuda"
-    with tempfile.TemporaryDirectory() as tmp:
-        start, cpu = time.perf_counter(), time.process_time()
-        trainer = Trainer(hs, frame, TrainConfig(
-            batch_size=args.batch, n_epochs=args.epochs, lr=8e-5, dev_examples=0,
-            eval_every=10**6, checkpoint_every=10**6, log_every=10**6, seed=42,
-            **SIDES[side]), tmp, progress=False, use_bf16=cuda)
-        result = trainer.train()
-        if cuda:
-            torch.cuda.synchronize()
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        lengths = trainer.collate.lengths(trainer.train_set.rows)[1]
-        pad = trainer.pad_fraction()
-    return {"side": side, "base": what, "seconds": seconds, "cpu_seconds": cpu,
-            "steps": result.steps, "real_tokens": args.epochs * sum(lengths), "pad": pad,
-            "cache": trainer.prefix_cache_mode, "first_loss": result.first_loss,
+    run = C.timed_training(hs, frame, SIDES[side], args.batch, args.epochs, 42, cuda)
+    result = run["result"]
+    return {"side": side, "base": what, "seconds": run["seconds"],
+            "cpu_seconds": run["cpu_seconds"],
+            "steps": result.steps, "real_tokens": run["real_tokens"], "pad": run["pad"],
+            "cache": run["cache"], "first_loss": result.first_loss,
             "last_loss": result.last_loss,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0}

@@ -55,9 +55,9 @@ def shared_prefix(steerer: Steerer, tokenizer, prompts: Sequence[str], answers: 
     (the vector is added to block ``l``'s output), so scoring DiffMean at four factors and three
     hypernetworks runs those blocks once instead of seven times: on SmolLM2 at layer 20 that is 21
     of its 30 blocks. The losses are the same (``tests/test_real_lm.py`` checks it)."""
-    rows = [answer_batch(tokenizer, [p], [a], answer_tokens)["input_ids"].shape[1]
-            for p, a in zip(prompts, answers)]
-    return FrozenPrefixCache(steerer.model, {steerer.layer: "all"}, rows, rows, mode="memory")
+    rows = answer_batch(tokenizer, prompts, answers, answer_tokens)["attention_mask"].sum(1)
+    return FrozenPrefixCache(steerer.model, {steerer.layer: "all"}, rows.tolist(), rows.tolist(),
+                             mode="memory")
 
 
 def _source(vectors: torch.Tensor | None, factors: Sequence[float] | None, batch: int,
